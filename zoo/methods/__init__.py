@@ -1,0 +1,1 @@
+"""One module per method; importing it registers its names (explicit, like timm.models)."""

@@ -1,0 +1,72 @@
+"""A run directory: what `train/pretrain.py` leaves behind, and how everything else reads it.
+
+    runs/NAME/
+      recipe.yaml               the resolved recipe (model, objective, model_args, every knob)
+      pretrainer.safetensors    the whole pretrainer's state (backbone, heads, teacher, masker)
+      log.jsonl                 one JSON object per logged step
+      metrics.json              evaluation results, merged by knn / linear / finetune / mask score
+      state/                    accelerate resume state (trusted, local, never published)
+
+Example:
+    >>> from zoo.runs import load_pretrainer
+    >>> pretrainer, recipe = load_pretrainer("runs/adios_resnet18")   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import yaml
+from safetensors.torch import load_file, save_file
+
+from zoo.registry import create_pretrainer
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write a file so that a reader sees the old content or the new, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -> None:
+    """safetensors, written atomically; tensors are made contiguous and unshared."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(tmp), metadata)
+    os.replace(tmp, path)
+
+
+def save_pretrainer(run_dir: str | os.PathLike, pretrainer, recipe: dict) -> None:
+    run_dir = Path(run_dir)
+    atomic_write(run_dir / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
+    save_tensors(run_dir / "pretrainer.safetensors", pretrainer.state_dict())
+
+
+def load_pretrainer(run_dir: str | os.PathLike):
+    """(pretrainer with its trained state, recipe dict) of a finished run directory."""
+    run_dir = Path(run_dir)
+    recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    pretrainer = create_pretrainer(recipe["model"], recipe.get("objective"), **recipe.get("model_args", {}))
+    pretrainer.load_state_dict(load_file(str(run_dir / "pretrainer.safetensors")))
+    return pretrainer, recipe
+
+
+def update_metrics(run_dir: str | os.PathLike, new: dict) -> dict:
+    """Merge `new` into run_dir/metrics.json (atomically) and return the whole dict."""
+    path = Path(run_dir) / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    metrics.update(new)
+    atomic_write(path, json.dumps(metrics, indent=2, sort_keys=True))
+    return metrics
