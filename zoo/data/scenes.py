@@ -1,0 +1,240 @@
+"""The embedded default dataset: synthetic scenes of overlapping shapes, drawn on the fly.
+
+Nothing is downloaded and nothing is stored: scene `index` of split `split` with base `seed` is
+drawn by a numpy Generator seeded with `SeedSequence([seed, split_code, index])`, so the same
+(seed, split, index) always gives the same scene on every machine, and the train (split code 0)
+and test (split code 1) streams are disjoint by construction: the test split is held out.
+
+A scene (image_size x image_size RGB, default 32):
+- a textured background: a colour gradient, stripes, a checkerboard or smooth blobs, at random
+  orientation and frequency;
+- 1-4 objects from the 8 shape classes of `CLASSES`, each with a random colour (kept away from the
+  background colour so that it stays visible), a fill (flat, shaded or striped), scale, aspect
+  and rotation jitter. The first object is the *main* object: the largest, at the bottom; the
+  others are smaller distractors drawn on top of it, most of them overlapping it (a distractor that
+  would hide more than 40 % of the main object is left out);
+- Gaussian pixel noise over everything.
+
+label = class of the main object. masks = one boolean mask per object of its *visible* pixels
+(occlusion-aware: a pixel belongs to the topmost object covering it), used to score maskers
+against the objects (`zoo.evaluation.mask_score`). Edges are anti-aliased by drawing at twice the
+resolution; a mask pixel is the object's when at least half of its 2x2 sub-pixels are.
+
+Why this is hard for raw pixels: class is carried by shape alone, while colour, texture, position,
+pose, background and distractors vary freely; raw-pixel kNN stays near chance (see the report in
+`zoo.evaluation` / the tests), a trained backbone need not.
+
+Example:
+    >>> from zoo.data.scenes import SceneDataset, CLASSES
+    >>> ds = SceneDataset("train", image_size=32)
+    >>> image, label = ds[0]                      # PIL image, int in range(len(CLASSES))
+    >>> scene = ds.scene(0)                       # image (32, 32, 3) uint8, label, masks (n, 32, 32)
+    >>> scene.masks.shape[1:], scene.classes[0] == label
+    ((32, 32), True)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+CLASSES = ("circle", "square", "triangle", "star", "cross", "ring", "crescent", "arrow")
+SPLIT_CODES = {"train": 0, "test": 1}
+DEFAULT_LENGTH = {"train": 20_000, "test": 2_000}
+SUPERSAMPLE = 2  # draw at 2x and average down: soft edges, and masks that follow them
+
+
+def _regular(n: int, radius: float = 1.0, phase: float = 0.0) -> np.ndarray:
+    t = phase + 2 * math.pi * np.arange(n) / n
+    return radius * np.stack([np.cos(t), np.sin(t)], 1)
+
+
+def _star(points: int = 5, inner: float = 0.45) -> np.ndarray:
+    outer = _regular(2 * points, 1.0, -math.pi / 2)
+    outer[1::2] *= inner
+    return outer
+
+
+_CROSS = np.array([(-0.3, -1), (0.3, -1), (0.3, -0.3), (1, -0.3), (1, 0.3), (0.3, 0.3), (0.3, 1),
+                   (-0.3, 1), (-0.3, 0.3), (-1, 0.3), (-1, -0.3), (-0.3, -0.3)], dtype=float)
+_ARROW = np.array([(-1, -0.28), (0.1, -0.28), (0.1, -0.75), (1, 0), (0.1, 0.75), (0.1, 0.28),
+                   (-1, 0.28)], dtype=float)
+_CIRCLE = _regular(32)
+# Each shape: list of (polygon in unit coordinates, fill value); later polygons paint over earlier
+# ones, so a 0-filled polygon cuts a hole (ring) or a bite (crescent).
+SHAPES: dict[str, list[tuple[np.ndarray, int]]] = {
+    "circle": [(_CIRCLE, 1)],
+    "square": [(_regular(4, 1.0, math.pi / 4) * 0.95, 1)],
+    "triangle": [(_regular(3, 1.1, -math.pi / 2) + (0, 0.15), 1)],
+    "star": [(_star(), 1)],
+    "cross": [(_CROSS, 1)],
+    "ring": [(_CIRCLE, 1), (_CIRCLE * 0.55, 0)],
+    "crescent": [(_CIRCLE, 1), (_CIRCLE * 0.85 + (0.5, 0), 0)],
+    "arrow": [(_ARROW, 1)],
+}
+assert tuple(SHAPES) == CLASSES
+
+
+@dataclass
+class Scene:
+    image: np.ndarray      # (H, W, 3) uint8
+    label: int             # class of the main object
+    masks: np.ndarray      # (n, H, W) bool, visible pixels of each object, main object first
+    classes: list          # class index of each object
+
+
+class _Grid:
+    """Pixel-centre coordinates in [-1, 1], cached per size (the backgrounds are functions of them)."""
+    cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    @classmethod
+    def get(cls, size: int) -> tuple[np.ndarray, np.ndarray]:
+        if size not in cls.cache:
+            t = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
+            cls.cache[size] = np.meshgrid(t, t)  # (x, y), each (size, size)
+        return cls.cache[size]
+
+
+def _colour(rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(0, 255, 3).astype(np.float32)
+
+
+def _pattern(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
+    """A (size, size) float map in [0, 1] that mixes two colours."""
+    x, y = _Grid.get(size)
+    theta = rng.uniform(0, math.pi)
+    u = x * math.cos(theta) + y * math.sin(theta)
+    if kind == "gradient":
+        return (u + 1.5) / 3.0
+    if kind == "stripes":
+        return 0.5 + 0.5 * np.sin(math.pi * rng.uniform(1.5, 5) * u + rng.uniform(0, 2 * math.pi))
+    if kind == "checker":
+        v = -x * math.sin(theta) + y * math.cos(theta)
+        f = rng.uniform(1.5, 4)
+        return ((np.floor(u * f) + np.floor(v * f)) % 2).astype(np.float32)
+    # smooth blobs: a coarse random field upsampled bilinearly
+    coarse = rng.integers(0, 256, (rng.integers(3, 6), rng.integers(3, 6)), dtype=np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((size, size), Image.BILINEAR), np.float32) / 255
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    kind = ("gradient", "stripes", "checker", "blobs")[rng.integers(4)]
+    t = _pattern(rng, size, kind)[..., None]
+    c1, c2 = _colour(rng), _colour(rng)
+    return c1 * (1 - t) + c2 * t                                   # (size, size, 3)
+
+
+def _object_mask(cls: int, centre, radius: float, aspect: float, angle: float, size: int) -> np.ndarray:
+    """Coverage in [0, 1] of one object, (size, size), drawn at SUPERSAMPLE x resolution."""
+    s = SUPERSAMPLE
+    canvas = Image.new("L", (size * s, size * s), 0)
+    draw = ImageDraw.Draw(canvas)
+    rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    scale = np.array([radius * aspect, radius / aspect])
+    for poly, value in SHAPES[CLASSES[cls]]:
+        pts = (poly * scale) @ rot.T + centre
+        draw.polygon([tuple(p) for p in pts * s], fill=value)
+    m = np.asarray(canvas, np.float32).reshape(size, s, size, s).mean((1, 3))
+    return m
+
+
+def render_scene(rng: np.random.Generator, size: int = 32) -> Scene:
+    """Draw one scene with `rng` (module docstring for what is drawn)."""
+    image = _background(rng, size)
+    bg_colour = image.reshape(-1, 3).mean(0)
+    n_objects = int(rng.integers(1, 5))
+    covers, classes = [], []
+    main_area = None
+    for i in range(n_objects):
+        cls = int(rng.integers(len(CLASSES)))
+        if i == 0:   # the main object: large, near the centre
+            radius = rng.uniform(0.28, 0.40) * size
+            centre = rng.uniform(0.35, 0.65, 2) * size
+        else:        # a smaller distractor, overlapping the main object 70 % of the time
+            radius = rng.uniform(0.12, 0.24) * size
+            if rng.random() < 0.7:
+                r0, c0 = covers[0][1], covers[0][2]
+                angle = rng.uniform(0, 2 * math.pi)
+                centre = c0 + rng.uniform(0.5, 1.1) * r0 * np.array([math.cos(angle), math.sin(angle)])
+            else:
+                centre = rng.uniform(0.1, 0.9, 2) * size
+        cover = _object_mask(cls, centre, radius, math.exp(rng.uniform(-0.2, 0.2)),
+                             rng.uniform(0, 2 * math.pi), size)
+        if i == 0:
+            main_area = cover.sum()
+        else:  # keep the main object mostly visible: it carries the label
+            hidden = np.maximum.reduce([c for c, _, _ in covers[1:]] + [cover])
+            if (covers[0][0] * (1 - hidden)).sum() < 0.6 * main_area:
+                continue
+        covers.append((cover, radius, centre))
+        classes.append(cls)
+        # colour: far enough from the background's mean colour to be seen
+        for _ in range(10):
+            colour = _colour(rng)
+            if np.linalg.norm(colour - bg_colour) > 90:
+                break
+        fill = rng.random()
+        if fill < 0.6:          # flat
+            paint = colour
+        else:                   # shaded or striped: a second, darker or lighter tone
+            t = _pattern(rng, size, "gradient" if fill < 0.8 else "stripes")[..., None]
+            paint = colour * (0.65 + 0.7 * t)
+        alpha = cover[..., None]
+        image = image * (1 - alpha) + np.clip(paint, 0, 255) * alpha
+    image = image + rng.normal(0, rng.uniform(0, 20), image.shape).astype(np.float32)
+    image = np.clip(image + 0.5, 0, 255).astype(np.uint8)
+    # visible part of each object: covered (>= half) and not covered by any later object
+    visible = []
+    above = np.zeros((size, size), bool)
+    for cover, _, _ in reversed(covers):
+        mine = cover >= 0.5
+        visible.append(mine & ~above)
+        above |= mine
+    masks = np.stack(visible[::-1])
+    return Scene(image, classes[0], masks, classes)
+
+
+def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    if split not in SPLIT_CODES:
+        raise ValueError(f"Unknown scenes split {split!r}; use one of {sorted(SPLIT_CODES)}.")
+    return np.random.default_rng(np.random.SeedSequence([int(seed), SPLIT_CODES[split], int(index)]))
+
+
+class SceneDataset:
+    """Map-style dataset of synthetic scenes: `ds[i] -> (transform(PIL image), label)`.
+
+    split: "train" or "test" (held out: a disjoint seed stream); length: number of scenes
+    (default 20 000 train, 2 000 test); seed: base seed of the whole dataset.
+    `ds.scene(i)` gives the full `Scene` (image array, label, per-object visible masks).
+    """
+
+    classes = CLASSES
+    num_classes = len(CLASSES)
+
+    def __init__(self, split: str = "train", image_size: int = 32, length: int | None = None,
+                 seed: int = 0, transform=None):
+        if split not in SPLIT_CODES:
+            raise ValueError(f"Unknown scenes split {split!r}; use one of {sorted(SPLIT_CODES)}.")
+        if image_size < 16:
+            raise ValueError(f"scenes need image_size >= 16, got {image_size}.")
+        self.split, self.image_size, self.seed, self.transform = split, int(image_size), int(seed), transform
+        self.length = DEFAULT_LENGTH[split] if length is None else int(length)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def scene(self, index: int) -> Scene:
+        if not 0 <= index < self.length:
+            raise IndexError(f"scene index {index} out of range for {self.length} scenes")
+        return render_scene(scene_rng(self.seed, self.split, index), self.image_size)
+
+    def __getitem__(self, index: int):
+        scene = self.scene(index)
+        image = Image.fromarray(scene.image)
+        return (self.transform(image) if self.transform else image), scene.label
+
+    @property
+    def targets(self) -> list[int]:
+        return [self.scene(i).label for i in range(self.length)]
