@@ -1,5 +1,13 @@
 """zoo: a timm-style model zoo of self-supervised masking pretrainers."""
 from zoo.registry import create_pretrainer, list_methods
 from zoo import methods  # noqa: F401  (registers every method)
+from zoo.factory import create_masker, create_model, list_models, list_pretrained
+from zoo.weights import ZooWeightsError
 
 __version__ = "0.1.0"
+
+# Last, once every method module has registered: make each name a timm model too. Methods that
+# register later are picked up by the next zoo.create_model / list_models / list_pretrained call.
+from zoo import timm_entries as _timm_entries  # noqa: E402
+
+_timm_entries.sync()
