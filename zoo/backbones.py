@@ -99,7 +99,7 @@ def ids_keep_from_mask(mask: Tensor) -> Tensor:
 
 
 def vit_tokens(vit: nn.Module, x: Tensor, ids_keep: Tensor | None = None,
-               gate: Tensor | None = None) -> Tensor:
+               gate: Tensor | None = None, final_norm: bool = True) -> Tensor:
     """Final-normed tokens of a timm ViT, prefix (CLS) tokens first: (B, prefix + L_keep, D).
 
     ids_keep (B*K, L_keep): patch indices to keep (positions are added before dropping, as in
@@ -107,6 +107,8 @@ def vit_tokens(vit: nn.Module, x: Tensor, ids_keep: Tensor | None = None,
     b*K .. b*K + K - 1, so the patch embedding runs once per image.
     gate (B, L): AutoMAE's gradient path, tokens <- gate * t + sg(1 - gate) * t (values unchanged,
     the gradient reaches whatever produced the gate).
+    final_norm=False returns the blocks' output before `vit.norm` (ExtreMA's class-attention
+    pooling reads the un-normed tokens and norms only its CLS).
     """
     tokens = vit._pos_embed(vit.patch_embed(x))            # (B, prefix + L, D)
     p = vit.num_prefix_tokens
@@ -120,8 +122,8 @@ def vit_tokens(vit: nn.Module, x: Tensor, ids_keep: Tensor | None = None,
             prefix, patches = prefix.repeat_interleave(copies, 0), patches.repeat_interleave(copies, 0)
         patches = patches.gather(1, ids_keep[..., None].expand(-1, -1, patches.shape[-1]))
     tokens = torch.cat([prefix, patches], dim=1)
-    tokens = vit.norm_pre(vit.patch_drop(tokens))
-    return vit.norm(vit.blocks(tokens))
+    tokens = vit.blocks(vit.norm_pre(vit.patch_drop(tokens)))
+    return vit.norm(tokens) if final_norm else tokens
 
 
 def pool(vit: nn.Module, tokens: Tensor) -> Tensor:
