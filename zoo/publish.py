@@ -1,0 +1,321 @@
+"""Publishing: a trained backbone -> a Hugging Face Hub-layout folder, a table entry, a push.
+
+The folder (`weights/<name>.<tag>/`, written atomically: temp folder, then rename):
+
+    config.json          timm's layout: architecture (the plain timm arch), model_args,
+                         num_classes 0, num_features, pretrained_cfg (only PretrainedCfg keys);
+                         our facts in a top-level `zoo` block (SHA-256 of every other file,
+                         pretrainer name / objective / model_args, exported network, recipe,
+                         metrics, commit)
+    model.safetensors    the plain timm state dict (what vanilla timm loads)
+    masker.safetensors   the learned masker's state dict, when there is one
+    recipe.yaml          the resolved recipe that trained it
+    README.md            the model card: YAML front matter (library_name timm, licence, tags,
+                         datasets, model-index) and the facts in prose
+
+Vanilla timm loads the folder with `timm.create_model("local-dir:<folder>", pretrained=True)` and,
+once pushed, `timm.create_model("hf-hub:<org>/<name>", pretrained=True)`.
+
+Example:
+    >>> import zoo
+    >>> from zoo.publish import publish, update_table
+    >>> p = zoo.create_pretrainer("simclr_resnet18")                               # doctest: +SKIP
+    >>> entry = publish(p.exported_backbone(), "weights/simclr_resnet18.fmnist", "simclr_resnet18",
+    ...                 "fmnist", recipe={"data": "fashion_mnist"}, metrics={"knn_top1_k20": 80.1},
+    ...                 dtype="float16")                                              # doctest: +SKIP
+    >>> update_table(entry)                                                          # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from zoo import weights
+from zoo.registry import METHODS
+from zoo.runs import atomic_write, save_tensors
+
+DEFAULT_HUB_ORG = "zoo-ssl"      # the intended Hub namespace; nothing has been pushed from here
+
+# (paper name, arXiv id) per method, for the cfg's paper fields and the card.
+PAPERS = {
+    "adios": ("Adversarial Masking for Self-Supervised Learning (Shi et al., ICML 2022)", "arXiv:2201.13100"),
+    "adios_s": ("Adversarial Masking for Self-Supervised Learning (Shi et al., ICML 2022)", "arXiv:2201.13100"),
+    "automae": ("Improving Masked Autoencoders by Learning Where to Mask (Chen et al., 2023)", "arXiv:2303.06583"),
+    "extrema": ("Extreme Masking for Learning Instance and Distributed Visual Representations "
+                "(Wu et al., TMLR 2023)", "arXiv:2206.04667"),
+    "simclr": ("A Simple Framework for Contrastive Learning of Visual Representations (Chen et al., 2020)",
+               "arXiv:2002.05709"),
+    "byol": ("Bootstrap Your Own Latent (Grill et al., 2020)", "arXiv:2006.07733"),
+    "simsiam": ("Exploring Simple Siamese Representation Learning (Chen & He, 2021)", "arXiv:2011.10566"),
+    "mae": ("Masked Autoencoders Are Scalable Vision Learners (He et al., 2022)", "arXiv:2111.06377"),
+    "randmask": ("Random patch masks, the control of ADIOS (Shi et al., 2022)", "arXiv:2201.13100"),
+    "blockmask": ("Block masks, the control of ADIOS (Shi et al., 2022)", "arXiv:2201.13100"),
+}
+
+# Hub dataset ids of our data names, for the card's `datasets` metadata.
+HUB_DATASETS = {"fashion_mnist": "zalando-datasets/fashion_mnist"}
+
+# Words that mark a metric as a baseline measured beside the model, not the model's own result.
+_BASELINE_WORDS = ("untrained", "raw", "pixel", "baseline", "random", "block")
+
+PROTOCOL = ("kNN: weighted kNN (cosine similarity, temperature T = 0.1, k = 20 and k = 200) on frozen "
+            "features of the train split, top-1 on the test split. Linear probe: one linear layer on "
+            "frozen, unaugmented features of the train split, top-1 on the test split. Both protocols "
+            "were fixed in advance, never tuned on the test set.")
+
+
+def exported_description(method: str, objective: str | None = None) -> str:
+    """Which network of the pretrainer is released (DESIGN.md, "Weights")."""
+    if method == "extrema":
+        return ("the momentum (EMA teacher) encoder, as a timm VisionTransformer with class_token=False and "
+                "mean pooling (ExtreMA's fine-tuning setup); the class-attention pooling blocks stay with the "
+                "pretrainer, since vanilla timm cannot build them")
+    if method in ("mae", "automae"):
+        return "the MAE encoder (the decoder is not released)"
+    if method == "byol" or objective == "byol":
+        return "the online encoder (projector, predictor and momentum teacher are not released)"
+    return "the encoder (projection and prediction heads are not released)"
+
+
+def _dtype(dtype) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"fp16": torch.float16, "float16": torch.float16, "half": torch.float16, "bf16": torch.bfloat16,
+             "bfloat16": torch.bfloat16, "fp32": torch.float32, "float32": torch.float32}
+    if dtype not in names:
+        raise ValueError(f"dtype {dtype!r}: choose one of {sorted(names)}")
+    return names[dtype]
+
+
+def _cast(state: dict, dtype: torch.dtype | None) -> dict:
+    return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu()
+            for k, v in state.items()}
+
+
+def _flat(metrics: dict, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _is_own(key: str) -> bool:
+    return not any(w in key.lower() for w in _BASELINE_WORDS)
+
+
+def _label(key: str) -> str:
+    labels = {"knn_top1_k20": "kNN top-1 (k=20)", "knn_top1_k200": "kNN top-1 (k=200)",
+              "linear_top1": "linear probe top-1", "finetune_top1": "fine-tune top-1", "mask_score": "mask score"}
+    group, _, leaf = key.rpartition("/")
+    label = labels.get(leaf, leaf)
+    return f"{label}, {group.replace('/', ' ')}" if group else label
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
+
+
+def model_card(*, name: str, tag: str, entry, cfg: dict, num_features: int, hf_hub_id: str, exported: str,
+               recipe: dict, metrics: dict, commands: dict, commit: str | None, files: dict,
+               has_masker: bool, facts: dict, paper: tuple[str, str] | None, license: str,
+               dtype: str) -> str:
+    """The README.md model card: YAML front matter with model-index, then the facts in prose."""
+    from huggingface_hub import ModelCardData
+    from huggingface_hub.repocard_data import EvalResult
+
+    data = str(recipe.get("data", "unknown"))
+    hub_data = HUB_DATASETS.get(data) or (data[3:] if data.startswith("hf:") else None)
+    flat = {k: v for k, v in _flat(metrics).items() if k != "commands"}
+    own = {k: v for k, v in flat.items() if _is_own(k)}
+    results = [EvalResult(task_type="image-classification", task_name="Image classification (frozen features)",
+                          dataset_type=hub_data or f"zoo/{data}", dataset_name=data, dataset_split="test",
+                          metric_type="accuracy" if "top1" in k else k, metric_value=v, metric_name=_label(k))
+               for k, v in own.items() if "top1" in k or k == "mask_score"]
+    card_data = ModelCardData(
+        library_name="timm", license=license, pipeline_tag="image-feature-extraction",
+        tags=["image-feature-extraction", "timm", "self-supervised", "zoo", entry.method],
+        datasets=[hub_data] if hub_data else None, model_name=f"{name}.{tag}",
+        eval_results=results or None)
+
+    def command(key: str) -> str:
+        for prefix, cmd in commands.items():
+            if key.startswith(prefix) or prefix in key:
+                return f"`{cmd}`"
+        return "(command not recorded)"
+
+    lines = [f"# {name}.{tag}", ""]
+    ours = " (a pairing no paper ran: ours)" if entry.ours else ""
+    lines += [f"A self-supervised `{entry.timm_arch}` backbone ({entry.arch}) pretrained with **{entry.method}**"
+              f"{' on a ' + str(recipe['objective']) + ' base' if recipe.get('objective') else ''}{ours} on "
+              f"`{data}` by the zoo. It is a plain timm model: headless, {num_features} features per image, "
+              f"input {tuple(cfg['input_size'])}, mean {tuple(cfg['mean'])}, std {tuple(cfg['std'])}.", ""]
+    lines += ["## Use", "", "```python", "import zoo",
+              f"model = zoo.create_model(\"{name}.{tag}\", pretrained=True)              # (B, {num_features}) features",
+              f"model = zoo.create_model(\"{name}.{tag}\", pretrained=True, num_classes=10)  # fresh head to fine-tune"]
+    if has_masker:
+        lines += [f"masker = zoo.create_masker(\"{name}.{tag}\")   # the learned masker: masker(images) -> (B, K, h, w)"]
+    lines += ["", "# without the zoo: vanilla timm, from this folder or from the Hub",
+              "import timm", "model = timm.create_model(\"local-dir:PATH/TO/THIS/FOLDER\", pretrained=True)",
+              f"model = timm.create_model(\"hf-hub:{hf_hub_id}\", pretrained=True)", "```", ""]
+    lines += ["## Results", "", PROTOCOL, ""]
+    if flat:
+        lines += ["| metric | value | command |", "| --- | --- | --- |"]
+        lines += [f"| {_label(k)} | {v:.4g} | {command(k)} |" for k, v in own.items()]
+        lines += [f"| {_label(k)} (baseline, same run) | {v:.4g} | {command(k)} |"
+                  for k, v in flat.items() if k not in own]
+    else:
+        lines += ["No metrics were recorded for this weight."]
+    lines += ["", "## Exported network", "", f"This file holds {exported}. Stored as {dtype}.", ""]
+    lines += ["## Training", "", f"- Method: {entry.method}"
+              + (f", objective {recipe['objective']}" if recipe.get("objective") else "")
+              + f"; pretrainer `{recipe.get('model', name)}`.",
+              f"- Code commit: `{commit or 'not recorded'}`."]
+    lines += [f"- {k}: {v}" for k, v in facts.items()]
+    lines += ["", "Recipe (`recipe.yaml`, retrain with `accelerate launch train/pretrain.py --recipe recipe.yaml`):",
+              "", "```yaml", yaml.safe_dump(_jsonable(recipe), sort_keys=False).rstrip(), "```", ""]
+    lines += ["## Files", "", "| file | SHA-256 |", "| --- | --- |"]
+    lines += [f"| {f} | `{h}` |" for f, h in files.items()]
+    lines += ["", "`config.json` records these hashes too (its `zoo` block); the zoo checks them on every load.", ""]
+    if paper:
+        lines += ["## Paper", "", f"{paper[0]}, {paper[1]}.", ""]
+    lines += ["## Licence", "", f"{license}. Trained and published with the zoo (Apache-2.0).", ""]
+    return card_data.to_yaml().join(["---\n", "\n---\n\n"]) + "\n".join(lines)
+
+
+def publish(backbone: nn.Module, out_dir: str | os.PathLike, name: str, tag: str, *, recipe: dict,
+            metrics: dict | None = None, masker: nn.Module | None = None, commit: str | None = None,
+            dtype=None, objective: str | None = None, pretrainer_args: dict | None = None,
+            exported: str | None = None, hf_hub_id: str | None = None, mean=None, std=None,
+            image_size: int | None = None, facts: dict | None = None, commands: dict | None = None,
+            license: str = "apache-2.0") -> dict:
+    """Write the Hub-layout folder of one released weight; return its table entry.
+
+    backbone: the plain timm backbone (`pretrainer.exported_backbone()`); it must fit
+        `timm.create_model(timm_arch, num_classes=0, **model_args)` of `name` exactly.
+    masker: the learned masker (`pretrainer.masker`) to ship beside it, or None.
+    dtype: "float16" (or a torch dtype) to store floating tensors in half precision; None keeps them.
+    recipe / metrics / commit / facts (wall-clock, machine, ...) / commands (metric prefix ->
+        command that measured it): the card facts. mean / std / image_size default to the recipe's.
+    """
+    entry = METHODS.get(name)
+    if entry is None:
+        raise weights.UnknownModelError(name, weights.suggest(name, METHODS))
+    if "." in tag or "/" in tag or not tag:
+        raise ValueError(f"tag {tag!r}: a tag is one word such as 'simclr_fmnist' (no dots or slashes)")
+    metrics = dict(metrics or {})
+    commands = dict(commands or metrics.pop("commands", {}) or {})
+    dtype = _dtype(dtype)
+    state = _cast(backbone.state_dict(), dtype)
+    weights.check_state_shapes({k: tuple(v.shape) for k, v in state.items()},
+                               weights.expected_shapes(entry.timm_arch, entry.model_args),
+                               f"the exported backbone of {name}")
+    objective = objective or recipe.get("objective")
+    method_paper = PAPERS.get(entry.method)
+    exported = exported or exported_description(entry.method, objective)
+    hf_hub_id = hf_hub_id or f"{DEFAULT_HUB_ORG}/{name}.{tag}"
+    cfg = weights.make_pretrained_cfg(
+        entry.timm_arch, entry.model_args, tag=tag, mean=mean or recipe.get("mean"),
+        std=std or recipe.get("std"), image_size=image_size or recipe.get("image_size"),
+        crop_pct=1.0, interpolation="bicubic", license=license,
+        description=f"{entry.method} self-supervised backbone (zoo), exported: {exported}",
+        paper_name=entry.paper or (method_paper and method_paper[0]),
+        paper_ids=method_paper and method_paper[1])
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        save_tensors(tmp / "model.safetensors", state, metadata={"format": "pt"})
+        if masker is not None:
+            save_tensors(tmp / "masker.safetensors", _cast(masker.state_dict(), dtype), metadata={"format": "pt"})
+        (tmp / "recipe.yaml").write_text(yaml.safe_dump(_jsonable(recipe), sort_keys=False))
+        files = {f.name: weights.sha256_file(f) for f in sorted(tmp.iterdir())}
+        dtype_name = str(dtype or next((v.dtype for v in state.values() if v.is_floating_point()),
+                                       torch.float32)).replace("torch.", "")
+        card = model_card(name=name, tag=tag, entry=entry, cfg=cfg, num_features=backbone.num_features,
+                          hf_hub_id=hf_hub_id, exported=exported, recipe=recipe, metrics=metrics,
+                          commands=commands, commit=commit, files=files, has_masker=masker is not None,
+                          facts=dict(facts or {}), paper=method_paper, license=license, dtype=dtype_name)
+        (tmp / "README.md").write_text(card)
+        files["README.md"] = weights.sha256_file(tmp / "README.md")
+        pretrainer = {"model": recipe.get("model", name), "objective": objective,
+                      "model_args": dict(pretrainer_args if pretrainer_args is not None
+                                         else recipe.get("model_args") or {})}
+        zoo_block = {"name": name, "tag": tag, "files": files, "pretrainer": pretrainer, "exported": exported,
+                     "dtype": dtype_name, "metrics": metrics, "commands": commands, "recipe": recipe,
+                     "commit": commit, "license": license, "paper": method_paper and " ".join(method_paper),
+                     "facts": dict(facts or {})}
+        config = {"architecture": entry.timm_arch, "num_classes": 0, "num_features": backbone.num_features,
+                  "model_args": dict(entry.model_args), "pretrained_cfg": cfg, "zoo": zoo_block}
+        (tmp / "config.json").write_text(json.dumps(_jsonable(config), indent=2) + "\n")
+        files["config.json"] = weights.sha256_file(tmp / "config.json")
+        for f in tmp.iterdir():          # mkdtemp and mkstemp make private files; a release is public
+            f.chmod(0o644)
+        tmp.chmod(0o755)
+        _swap_in(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return _jsonable({"name": name, "tag": tag, "timm_arch": entry.timm_arch, "model_args": entry.model_args,
+                      "pretrained_cfg": cfg, "hf_hub_id": hf_hub_id, "revision": None, "files": files,
+                      **{k: v for k, v in zoo_block.items() if k not in ("name", "tag", "files")}})
+
+
+def _swap_in(tmp: Path, out_dir: Path) -> None:
+    """Rename the finished temp folder into place; an existing folder is replaced, never half-written."""
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+
+
+def update_table(entry: dict, path: str | os.PathLike | None = None, default: bool = False) -> Path:
+    """Add or replace `entry` in the released table (atomically); default=True lists it first for its name.
+
+    A new tag of a name goes after that name's other tags (the first tag stays the default).
+    """
+    path = Path(path) if path else weights.table_path()
+    table = weights.load_table(path)
+    key = f"{entry['name']}.{entry['tag']}"
+    items = [(k, v) for k, v in table.items() if k != key]
+    same = [i for i, (_, v) in enumerate(items) if v["name"] == entry["name"]]
+    if key in table and not default:
+        pos = list(table).index(key)
+    elif default and same:
+        pos = same[0]
+    else:
+        pos = same[-1] + 1 if same else len(items)
+    items.insert(pos, (key, entry))
+    atomic_write(path, json.dumps(dict(items), indent=2) + "\n")
+    return path
+
+
+def push(folder: str | os.PathLike, repo_id: str, *, token: str | None = None, private: bool = False,
+         commit_message: str | None = None) -> str:
+    """Upload a published folder to the Hub (whatever HF_ENDPOINT names); return the commit id.
+
+    Example:
+        >>> from zoo.publish import push
+        >>> push("weights/adios_resnet18.simclr_fmnist", "my-org/adios_resnet18.simclr_fmnist")  # doctest: +SKIP
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    api = HfApi(token=token)
+    api.create_repo(repo_id, exist_ok=True, private=private)
+    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id,
+                             commit_message=commit_message or f"Upload {folder.name} (zoo.publish)")
+    return info.oid
