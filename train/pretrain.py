@@ -1,0 +1,290 @@
+"""Pretrain any registered pretrainer from a recipe, on one CPU or many GPUs, unchanged.
+
+    accelerate launch train/pretrain.py --recipe recipes/simclr_resnet18.fmnist.yaml [key=value ...]
+    python train/pretrain.py --recipe recipes/adios_resnet18.simclr_scenes.yaml epochs=1   # one process
+
+The loop reads top to bottom (MAE's engine_pretrain.py, nanoGPT's train.py): for each optimizer
+step, for each phase of the pretrainer (ADIOS: encoder then masker; AutoMAE: discriminator then
+encoder), set the phase's learning rate, forward, check the loss is finite, backward, step; then
+`pretrainer.update(progress)` (EMA teachers, progress-driven schedules); then log, draw masks and
+checkpoint at their intervals. No callbacks.
+
+What a run leaves in `run_dir` (zoo/runs.py): `recipe.yaml` (resolved), `log.jsonl`,
+`masks.png` (+ `masks/step_*.png`) for pretrainers with a masker, `state/step_*` resume
+checkpoints, and at the end `pretrainer.safetensors` and a `pretrain` block in `metrics.json`
+(wall-clock, steps, images, unreadable-image count).
+
+Decisions, and why:
+- Gradient accumulation runs phase-outer: for each phase, all `grad_accum` micro-batches are
+  forwarded and backwarded, then that phase's optimizer steps. So an accumulated step equals one
+  big-batch step of the alternating game: the masker phase sees the encoder already updated on
+  the whole batch, as in the reference's 1:1 alternation. (BatchNorm still normalises per
+  micro-batch.) Gradients of every parameter are cleared after each phase's step, because a
+  phase's loss may reach parameters of another phase (AutoMAE's generator loss passes through the
+  discriminator) and those must not leak into the other optimizer.
+- DDP: `find_unused_parameters=True` for every pretrainer. A learned masker is idle in the
+  encoder phase, the encoder is frozen in the masker phase, and some pretrainers keep backbone
+  parameters their objective never uses (a ViT's class token when tokens are pooled without it);
+  the cost is one autograd-graph traversal per forward. EMA teachers are updated from the
+  all-reduced online weights by the same arithmetic on every process, so they stay identical
+  (tests/test_distributed.py); BatchNorm buffers are broadcast from process 0 at each forward
+  (DDP's default) and once more before the final save.
+- Per-process randomness (masks, dropout) is seeded with the process index (accelerate's
+  `device_specific`), after the model is built from the common seed; augmentation is seeded per
+  sample (train/sampling.py), so `resume=true` is step-exact: same images, same views, same RNG.
+- A non-finite loss stops the run before its backward, naming step and phase; the last checkpoint
+  was written before it and is kept. All processes agree on the check (one all-reduce per phase).
+- Mixed precision: bf16 autocast (also on CPU, where accelerate supports it and fp16 is ignored);
+  objectives cast what matters to fp32 themselves.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a clone without installing
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from torch.utils.data import DataLoader, IterableDataset, Subset
+from tqdm.auto import tqdm
+
+import zoo
+from zoo.data import build_dataset, collate_skip_bad, dataset_stats, eval_transform, two_views
+from zoo.runs import save_pretrainer, update_metrics
+from train.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
+from train.mask_grid import masker_picture, save_mask_grid
+from train.optim import build_optimizer, build_schedule, phase_named_parameters
+from train.recipe import Recipe
+from train.sampling import SeededSamples, StepSampler
+
+
+class TrainingStopped(RuntimeError):
+    """The run cannot go on (non-finite loss, bad setup); the message says why and what is kept."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", required=True, help="recipes/NAME.yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=1 model_args.num_masks=2")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> torch.nn.Module:
+    """Train as the recipe says; returns the trained pretrainer (unwrapped, on its device)."""
+    args = parse_args(argv)
+    recipe = Recipe.load(args.recipe, args.overrides)
+    run_dir = Path(recipe.run_dir)
+
+    # ---- processes and precision --------------------------------------------------------------
+    accelerator = Accelerator(
+        mixed_precision="bf16" if recipe.precision == "bf16" else "no",
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        log_with="tensorboard" if recipe.tensorboard else None,
+        project_dir=str(run_dir))
+    world, rank, main_process = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    if recipe.batch_size % (world * recipe.grad_accum):
+        raise TrainingStopped(f"batch_size {recipe.batch_size} (global) must be divisible by "
+                              f"{world} processes x grad_accum {recipe.grad_accum}")
+    micro_batch = recipe.batch_size // (world * recipe.grad_accum)
+
+    found = last_checkpoint(run_dir)
+    if found and not recipe.resume:
+        raise TrainingStopped(f"{run_dir} already holds checkpoint {found[1].name}: pass resume=true "
+                              "to continue it, or another run_dir=")
+    if main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        recipe.save(run_dir / "recipe.yaml")
+
+    # ---- data: global batch -> micro-batches per process; views seeded per sample -------------
+    stats = dataset_stats(recipe.data)
+    mean, std = recipe.mean or stats["mean"], recipe.std or stats["std"]
+    views = two_views(recipe.views, recipe.image_size, mean, std, grayscale=stats["grayscale"])
+    data_kw = dict(recipe.data_args)
+    if recipe.data == "imagefolder" or recipe.data.startswith("hf:"):
+        data_kw["strict"] = recipe.strict_data
+    dataset = build_dataset(recipe.data, recipe.data_split, root=recipe.data_root,
+                            image_size=recipe.image_size, transform=views, **data_kw)
+    if isinstance(dataset, IterableDataset):
+        raise TrainingStopped(f"{recipe.data} was opened as a stream; pretrain.py needs random access "
+                              "for its step-exact sampler: pass data_args.streaming=false (or an imagefolder)")
+    skipped = getattr(dataset, "skipped", None)
+    train_set = Subset(dataset, range(min(recipe.limit_train, len(dataset)))) if recipe.limit_train else dataset
+    steps_per_epoch = len(train_set) // recipe.batch_size
+    if steps_per_epoch == 0:
+        raise TrainingStopped(f"{len(train_set)} training images make no full batch of {recipe.batch_size}")
+    total_steps = recipe.epochs * steps_per_epoch
+    last_step = min(total_steps, recipe.max_steps) if recipe.max_steps else total_steps
+    sampler = StepSampler(len(train_set), recipe.batch_size, micro_batch, world, rank, recipe.seed)
+
+    def loader_from(step: int):
+        """Micro-batches of this process from optimizer step `step` to the end of its epoch."""
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        sampler.set_position(epoch, in_epoch)
+        return iter(DataLoader(SeededSamples(train_set), batch_size=micro_batch, sampler=sampler,
+                               num_workers=recipe.num_workers, collate_fn=collate_skip_bad,
+                               pin_memory=accelerator.device.type == "cuda",
+                               generator=torch.Generator().manual_seed(recipe.seed + epoch),
+                               persistent_workers=False))
+
+    # ---- pretrainer, one optimizer and one schedule per phase ---------------------------------
+    set_seed(recipe.seed)                         # the same initial weights on every process
+    pretrainer = zoo.create_pretrainer(recipe.model, recipe.objective, **recipe.model_args)
+    memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
+    pretrainer = pretrainer.to(memory_format=memory_format)
+    if recipe.sync_bn and world > 1:
+        pretrainer = torch.nn.SyncBatchNorm.convert_sync_batchnorm(pretrainer)
+    phases = tuple(pretrainer.phases)
+    optimizers = {ph: build_optimizer(recipe, ph, phase_named_parameters(pretrainer, ph)) for ph in phases}
+    schedules = {ph: build_schedule(recipe, ph, opt, steps_per_epoch, total_steps)
+                 for ph, opt in optimizers.items()}
+    model, *prepared = accelerator.prepare(pretrainer, *optimizers.values())
+    optimizers = dict(zip(phases, prepared))
+    set_seed(recipe.seed, device_specific=True)   # masks / dropout differ across processes
+
+    # ---- a fixed batch for the mask pictures (unaugmented train images) -----------------------
+    picture = None
+    if pretrainer.masker is not None and main_process:
+        plain = build_dataset(recipe.data, recipe.data_split, root=recipe.data_root, image_size=recipe.image_size,
+                              transform=eval_transform(recipe.image_size, mean, std), **data_kw)
+        picture = torch.stack([plain[i][0] for i in range(min(8, len(plain)))]).to(accelerator.device)
+
+    # ---- resume -------------------------------------------------------------------------------
+    step = 0
+    if recipe.resume and found:
+        progress = load_checkpoint(accelerator, found[1])
+        step = progress["step"]
+        accelerator.print(f"resumed from {found[1]} at step {step}/{last_step}")
+    elif recipe.resume:
+        accelerator.print(f"resume=true but {run_dir} has no checkpoint yet: starting at step 0")
+    log_path = run_dir / "log.jsonl"
+    if main_process:
+        _truncate_log(log_path, step)
+    if recipe.tensorboard:
+        accelerator.init_trackers("tb", config={k: v for k, v in recipe.to_dict().items()
+                                                if isinstance(v, (int, float, str, bool))})
+
+    # ---- the loop -----------------------------------------------------------------------------
+    bar = tqdm(total=last_step, initial=step, unit="step", dynamic_ncols=True,
+               disable=not accelerator.is_local_main_process)
+    sums = {ph: 0.0 for ph in phases}
+    seen_since_log, t_log, t_start = 0, time.perf_counter(), time.perf_counter()
+    batches = loader_from(step) if step < last_step else None
+    while step < last_step:
+        micro_batches = [next(batches) for _ in range(recipe.grad_accum)]
+        if any(b is None for b in micro_batches):
+            raise TrainingStopped(f"step {step}: a whole micro-batch of images was unreadable "
+                                  f"({skipped.report() if skipped else ''})")
+        micro_batches = [[v.to(accelerator.device, non_blocking=True).contiguous(memory_format=memory_format)
+                          for v in b[0]] for b in micro_batches]
+        for phase in phases:
+            schedules[phase].step_update(step)
+            for i, views_mb in enumerate(micro_batches):
+                sync = i == len(micro_batches) - 1
+                with nullcontext() if sync else accelerator.no_sync(model):
+                    loss = model(views_mb, phase=phase)
+                    _check_finite(accelerator, loss, step, phase, run_dir)
+                    accelerator.backward(loss / recipe.grad_accum)
+                sums[phase] += loss.detach().float().item() / recipe.grad_accum
+            optimizers[phase].step()
+            model.zero_grad(set_to_none=True)
+        pretrainer.update((step + 1) / total_steps)
+        step += 1
+        seen_since_log += recipe.batch_size
+        if step % steps_per_epoch == 0 and step < last_step:
+            batches = loader_from(step)                # next epoch: a new order
+
+        if step % recipe.log_every == 0 or step == last_step:
+            now = time.perf_counter()
+            n = (step - 1) % recipe.log_every + 1
+            losses = {ph: _mean_over_processes(accelerator, sums[ph] / n) for ph in phases}
+            record = {"step": step, "epoch": round(step / steps_per_epoch, 4),
+                      **{f"loss/{ph}": v for ph, v in losses.items()},
+                      **{f"lr/{ph}": optimizers[ph].param_groups[0]["lr"] for ph in phases},
+                      "images_per_s": seen_since_log / (now - t_log), "time_s": round(now - t_start, 2)}
+            if main_process:
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            if recipe.tensorboard:
+                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+            bar.set_postfix({**{ph: f"{v:.4f}" for ph, v in losses.items()},
+                             "img/s": f"{record['images_per_s']:.0f}"})
+            sums = {ph: 0.0 for ph in phases}
+            seen_since_log, t_log = 0, now
+        bar.update(1)
+
+        if picture is not None and (step == last_step or (recipe.mask_grid_every and step % recipe.mask_grid_every == 0)):
+            masks = masker_picture(pretrainer.masker, picture)
+            save_mask_grid(run_dir / "masks" / f"step_{step:08d}.png", picture, masks, mean, std)
+            save_mask_grid(run_dir / "masks.png", picture, masks, mean, std)
+        if recipe.ckpt_every and (step % recipe.ckpt_every == 0 or step == last_step):
+            save_checkpoint(accelerator, run_dir, step, {"recipe": recipe.to_dict()})
+    bar.close()
+
+    # ---- the end: the trained pretrainer and what the run cost --------------------------------
+    if world > 1:
+        for buffer in pretrainer.buffers():           # BN statistics of process 0 everywhere
+            torch.distributed.broadcast(buffer.data, src=0)
+    unreadable = _sum_over_processes(accelerator, skipped.count if skipped else 0)
+    if main_process:
+        save_pretrainer(run_dir, pretrainer, recipe.to_dict())
+        update_metrics(run_dir, {"pretrain": {
+            "steps": step, "epochs": round(step / steps_per_epoch, 4), "images": step * recipe.batch_size,
+            "wall_clock_s": round(time.perf_counter() - t_start, 1), "processes": world,
+            "device": str(accelerator.device), "unreadable_images": unreadable}})
+        report = skipped.report() if skipped else "no unreadable images"
+        accelerator.print(f"done: {step} steps -> {run_dir / 'pretrainer.safetensors'}; {report}"
+                          + (f" (all processes: {unreadable})" if world > 1 else ""))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return pretrainer
+
+
+def _check_finite(accelerator, loss: torch.Tensor, step: int, phase: str, run_dir: Path) -> None:
+    finite = torch.isfinite(loss.detach()).all().float()
+    if accelerator.num_processes > 1:
+        finite = accelerator.reduce(finite, reduction="sum") / accelerator.num_processes
+    if finite.item() < 1:
+        good = last_checkpoint(run_dir)
+        kept = f"the last good checkpoint {good[1]} (step {good[0]}) is kept; " if good else "no checkpoint was written yet; "
+        raise TrainingStopped(
+            f"non-finite loss ({loss.detach().float().item()}) at step {step}, phase {phase!r}: stopping before its "
+            f"backward. {kept}lower lr (or the {phase} phase's lr), check the data, and resume=true.")
+
+
+def _mean_over_processes(accelerator, value: float) -> float:
+    if accelerator.num_processes == 1:
+        return value
+    t = torch.tensor(value, device=accelerator.device, dtype=torch.float64)
+    return accelerator.reduce(t, reduction="mean").item()
+
+
+def _sum_over_processes(accelerator, value: int) -> int:
+    if accelerator.num_processes == 1:
+        return int(value)
+    t = torch.tensor(value, device=accelerator.device, dtype=torch.float64)
+    return int(accelerator.reduce(t, reduction="sum").item())
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """On resume, drop log lines written after the checkpoint (they will be written again)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    from zoo.runs import atomic_write
+    atomic_write(path, "".join(line + "\n" for line in kept))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except TrainingStopped as e:
+        print(f"pretrain.py: stopped: {e}", file=sys.stderr)
+        sys.exit(1)
