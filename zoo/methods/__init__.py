@@ -1,1 +1,2 @@
 """One module per method; importing it registers its names (explicit, like timm.models)."""
+from zoo.methods import adios, automae  # noqa: F401,E401  (helper methods-learned)

@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.backbones import create_backbone, is_vit
+from zoo.objectives import create_objective
 from zoo.pretrainer import Pretrainer, frozen
 from zoo.registry import register_method
 
@@ -222,3 +223,74 @@ ARCHS = ("resnet18", "resnet50", "vit_tiny_patch16_96", "vit_tiny_patch4_32",
 # The paper ran ResNet-18 (96 px; 224 px for ADIOS-s) and ViT-Tiny/16 at 96 px.
 OURS = ("resnet50", "vit_tiny_patch4_32", "vit_small_patch16_224")
 OBJECTIVES = ("simclr", "byol", "simsiam")
+# ResNets have no image size of their own: the paper's 96 px (STL10, ImageNet100-S) by default.
+DEFAULT_CNN_IMG_SIZE = 96
+
+
+def _build(arch: str, objective: str, single: bool, num_masks: int, mask_fbase: int,
+           alpha_sparsity: float, alpha_entropy: float, unet_norm: str, img_size: int | None,
+           **objective_knobs) -> ADIOSPretrainer:
+    backbone = create_backbone(arch)
+    if is_vit(backbone):
+        own = backbone.patch_embed.img_size[0]
+        if img_size is not None and img_size != own:
+            raise ValueError(f"{arch} takes {own} px images (img_size={img_size} given); the "
+                             "occluder and the ViT must see the same size")
+        img_size = own
+    occluder = ADIOSOccluder(img_size or DEFAULT_CNN_IMG_SIZE, num_masks, mask_fbase,
+                             alpha_sparsity, alpha_entropy, unet_norm)
+    base = create_objective(objective, backbone, **objective_knobs)
+    return ADIOSPretrainer(backbone, base, occluder, single=single,
+                           mask_both_views=objective == "simsiam")
+
+
+@register_method("adios", archs=ARCHS, objectives=OBJECTIVES, paper=PAPER, ours_archs=OURS)
+def adios(arch: str, objective: str = "simclr", num_masks: int = 6, mask_fbase: int = 32,
+          alpha_sparsity: float = 1.0, alpha_entropy: float = 0.0, unet_norm: str = "gn",
+          img_size: int | None = None, proj_hidden_dim: int | None = None,
+          proj_output_dim: int | None = None, pred_hidden_dim: int | None = None,
+          temperature: float | None = None, base_tau: float | None = None,
+          simsiam_terms: Sequence[str] | None = None) -> ADIOSPretrainer:
+    """ADIOS: N soft masks from a U-Net occluder, trained adversarially against the encoder.
+
+    num_masks (N), mask_fbase (c), alpha_sparsity, alpha_entropy, unet_norm ("gn", "in", "no"):
+    the reference's flags (defaults: its argparse defaults). img_size: the occluder's input size
+    (a ViT's own size; 96 px for ResNets, the paper's). The rest go to the base objective
+    (`zoo.objectives.create_objective`; None keeps its default, e.g. SimCLR T = 0.2).
+
+    Example:
+        >>> import zoo
+        >>> p = zoo.create_pretrainer("adios_resnet18", objective="byol", img_size=32,
+        ...                           pred_hidden_dim=8192, alpha_sparsity=1.719)
+        >>> p.phases, p.masker.num_masks
+        (('encoder', 'masker'), 6)
+    """
+    return _build(arch, objective, False, num_masks, mask_fbase, alpha_sparsity, alpha_entropy,
+                  unet_norm, img_size, proj_hidden_dim=proj_hidden_dim,
+                  proj_output_dim=proj_output_dim, pred_hidden_dim=pred_hidden_dim,
+                  temperature=temperature, base_tau=base_tau, simsiam_terms=simsiam_terms)
+
+
+# The paper ran ADIOS-s on ResNet-18 only (ImageNet100, 224 px).
+@register_method("adios_s", archs=ARCHS, objectives=OBJECTIVES, paper=PAPER,
+                 ours_archs=tuple(a for a in ARCHS if a != "resnet18"))
+def adios_s(arch: str, objective: str = "simclr", num_masks: int = 6, mask_fbase: int = 32,
+            alpha_sparsity: float = 1.0, alpha_entropy: float = 0.0, unet_norm: str = "gn",
+            img_size: int | None = None, proj_hidden_dim: int | None = None,
+            proj_output_dim: int | None = None, pred_hidden_dim: int | None = None,
+            temperature: float | None = None, base_tau: float | None = None,
+            simsiam_terms: Sequence[str] | None = None) -> ADIOSPretrainer:
+    """ADIOS-s: ADIOS with one uniformly drawn mask per image per phase (one masked copy).
+
+    Same parameters as `adios`. The penalty still covers all N masks.
+
+    Example:
+        >>> import torch, zoo
+        >>> p = zoo.create_pretrainer("adios_s_resnet18", img_size=32, num_masks=4)
+        >>> p([torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)], phase="masker").shape
+        torch.Size([])
+    """
+    return _build(arch, objective, True, num_masks, mask_fbase, alpha_sparsity, alpha_entropy,
+                  unet_norm, img_size, proj_hidden_dim=proj_hidden_dim,
+                  proj_output_dim=proj_output_dim, pred_hidden_dim=pred_hidden_dim,
+                  temperature=temperature, base_tau=base_tau, simsiam_terms=simsiam_terms)

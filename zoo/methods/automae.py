@@ -58,6 +58,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from zoo.backbones import create_backbone, is_vit, patch_grid
+from zoo.objectives import MAE
 from zoo.pretrainer import Pretrainer, frozen
 from zoo.registry import register_method
 
@@ -266,3 +267,51 @@ class AutoMAEPretrainer(Pretrainer):
                 loss_g = F.mse_loss(d, torch.ones_like(d))
             return rec + self.loss_g_factor * loss_g
         raise ValueError(f"{type(self).__name__} has no phase {phase!r}; phases: {self.phases}")
+
+
+def load_attention_source(arch: str, attention_source: str | None) -> nn.Module:
+    """The frozen ViT whose attention the generator reads.
+
+    A zoo name (or published folder / hf-hub repo) -> `zoo.create_model(name, pretrained=True)`;
+    None -> a randomly initialised ViT of `arch`, for tests and smoke runs only (warns).
+    """
+    if attention_source is None:
+        warnings.warn(f"automae_{arch}: attention_source=None uses a frozen RANDOMLY initialised "
+                      f"{arch} as the attention source; its attention carries no image structure. "
+                      "Only for tests and smoke runs: name a pretrained ViT (e.g. a released MAE) "
+                      "for real training.", stacklevel=4)
+        return create_backbone(arch)
+    from zoo.factory import create_model       # lazy: the factory imports the registry
+    return create_model(attention_source, pretrained=True)
+
+
+@register_method("automae", archs=("vit_tiny_patch4_32", "vit_small_patch16_224", "vit_base_patch16_224"),
+                 paper=PAPER, ours_archs=("vit_tiny_patch4_32", "vit_small_patch16_224"))
+def automae(arch: str, attention_source: str | None = None, mask_ratio: float = 0.75,
+            mask_factor: float = 0.5, loss_g_factor: float = 0.2, decoder_embed_dim: int = 512,
+            decoder_depth: int = 8, decoder_num_heads: int = 16, norm_pix_loss: bool = True) -> AutoMAEPretrainer:
+    """AutoMAE: MAE + Gumbel top-k mask generator on a frozen ViT's attention + LSGAN discriminator.
+
+    attention_source: zoo name of a pretrained ViT with the backbone's patch grid (the reference
+    uses an 800-epoch MAE ViT-B/16), loaded with `zoo.create_model(name, pretrained=True)`;
+    None = random frozen ViT (tests only, warns). mask_ratio 0.75, mask_factor 0.5 and
+    loss_g_factor 0.2 are the reference's; the decoder knobs are MAE's (512 x 8, 16 heads).
+
+    Example:
+        >>> import torch, warnings, zoo
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     p = zoo.create_pretrainer("automae_vit_tiny_patch4_32", decoder_depth=1)
+        >>> x = [torch.randn(2, 3, 32, 32)]
+        >>> p(x, phase="discriminator").backward(); p(x, phase="encoder").backward()
+    """
+    backbone = create_backbone(arch)
+    source = load_attention_source(arch, attention_source)
+    if not is_vit(source) or patch_grid(source) != patch_grid(backbone):
+        got = patch_grid(source) if is_vit(source) else type(source).__name__
+        raise ValueError(f"attention_source {attention_source!r} must be a ViT with the {patch_grid(backbone)} "
+                         f"patch grid of {arch}, got {got}")
+    objective = MAE(backbone, decoder_embed_dim, decoder_depth, decoder_num_heads,
+                    norm_pix_loss=norm_pix_loss)
+    masker = AutoMAEMasker(source, mask_ratio=mask_ratio, mask_factor=mask_factor)
+    return AutoMAEPretrainer(backbone, objective, masker, loss_g_factor=loss_g_factor)
