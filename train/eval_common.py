@@ -1,0 +1,132 @@
+"""What train/knn.py, train/linear.py and train/finetune.py share: arguments, data, the backbone.
+
+A SOURCE is a run directory (its exported backbone; data and image size default to its recipe's),
+a zoo model name (`zoo.create_model(name, pretrained=True)`), `local-dir:<folder>` (vanilla timm
+loading a published folder) or `raw-pixels` (the flattened normalised image: the raw-pixel
+baseline). Metrics go to SOURCE/metrics.json for a run directory, else to --out/metrics.json when
+given, under keys "<data>/<metric>" (e.g. "scenes/knn_top1_k20"); the baselines of --baselines
+under "<data>/untrained/<metric>" and "<data>/raw_pixels/<metric>".
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import IterableDataset, Subset  # noqa: E402
+
+from zoo.data import build_dataset, dataset_stats, eval_transform  # noqa: E402
+from zoo.evaluation import load_backbone  # noqa: E402
+from zoo.runs import update_metrics  # noqa: E402
+
+RAW = "raw-pixels"
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("source", help="run directory, zoo model name, local-dir:<folder> or raw-pixels")
+    p.add_argument("--data", default=None, help="scenes | fashion_mnist | imagefolder | hf:<id> "
+                   "(default: the run's recipe data, else fashion_mnist)")
+    p.add_argument("--root", default=None, help="data folder (Fashion-MNIST IDX files, image folder)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="default: the run's or weight's image size, else 32")
+    p.add_argument("--limit-train", type=int, default=None, help="use only the first N train images")
+    p.add_argument("--limit-test", type=int, default=None, help="use only the first N test images")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the backbone")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--out", default=None, help="folder for metrics.json (default: the run directory)")
+    p.add_argument("--strict-data", action="store_true", help="stop at the first unreadable image")
+    return p
+
+
+def recipe_of(source: str) -> dict:
+    """The recipe of a run directory ({} for anything else), read without loading weights."""
+    path = Path(source) / "recipe.yaml"
+    return yaml.safe_load(path.read_text()) if path.exists() else {}
+
+
+def data_name(args) -> str:
+    return args.data or recipe_of(args.source).get("data") or "fashion_mnist"
+
+
+def backbone_and_defaults(args, num_classes: int = 0, pretrained: bool = True):
+    """(backbone or None for raw pixels, data name, image size), filling args' defaults."""
+    backbone, info = (None, {"data": None, "image_size": None}) if args.source == RAW else \
+        load_backbone(args.source, num_classes=num_classes, pretrained=pretrained)
+    image_size = args.image_size or info.get("image_size") or 32
+    return backbone, data_name(args), int(image_size)
+
+
+def _limit(ds, n):
+    if n is None:
+        return ds
+    if isinstance(ds, IterableDataset):
+        return _Head(ds, n)
+    return Subset(ds, range(min(n, len(ds))))
+
+
+class _Head(IterableDataset):
+    def __init__(self, ds, n):
+        self.ds, self.n, self.skipped = ds, n, ds.skipped
+
+    def __iter__(self):
+        return itertools.islice(iter(self.ds), self.n)
+
+
+def datasets(args, data: str, image_size: int, train_transform=None):
+    """(train, test) datasets with the eval transform (train_transform overrides the train one)."""
+    stats = dataset_stats(data)
+    test_tf = eval_transform(image_size, stats["mean"], stats["std"])
+    kw = {"strict": True} if args.strict_data and (data == "imagefolder" or data.startswith("hf:")) else {}
+    if data == "scenes":  # scenes are drawn lazily: a limit is just a shorter dataset
+        train = build_dataset(data, "train", image_size=image_size, transform=train_transform or test_tf,
+                              **({"length": args.limit_train} if args.limit_train else {}))
+        test = build_dataset(data, "test", image_size=image_size, transform=test_tf,
+                             **({"length": args.limit_test} if args.limit_test else {}))
+        return train, test
+    train = build_dataset(data, "train", args.root, image_size, train_transform or test_tf, **kw)
+    test = build_dataset(data, "test", args.root, image_size, test_tf, **kw)
+    return _limit(train, args.limit_train), _limit(test, args.limit_test)
+
+
+def device_of(args) -> torch.device:
+    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def raw_pixels() -> nn.Module:
+    """The raw-pixel 'backbone': the flattened normalised image."""
+    return nn.Flatten()
+
+
+def untrained(args, num_classes: int = 0, seed: int = 0) -> nn.Module:
+    """The same architecture as SOURCE with fresh weights (seeded), the untrained baseline."""
+    torch.manual_seed(seed)
+    return load_backbone(args.source, num_classes=num_classes, pretrained=False)[0]
+
+
+def num_classes_of(ds) -> int | None:
+    return getattr(getattr(ds, "dataset", ds), "num_classes", None)
+
+
+def skipped_report(*dsets) -> str | None:
+    logs = [getattr(getattr(d, "dataset", d), "skipped", None) for d in dsets]
+    n = sum(log.count for log in logs if log is not None)
+    return "\n".join(log.report() for log in logs if log is not None and log.count) if n else None
+
+
+def write_metrics(args, metrics: dict) -> Path | None:
+    """Merge metrics into SOURCE/metrics.json (run directory) or --out/metrics.json."""
+    target = args.out or (args.source if (Path(args.source) / "recipe.yaml").exists() else None)
+    if target is None:
+        print("(no run directory and no --out: metrics not written)")
+        return None
+    update_metrics(target, metrics)
+    return Path(target) / "metrics.json"

@@ -1,0 +1,61 @@
+"""Weighted kNN top-1 of a frozen backbone (the fixed protocol of zoo.evaluation: cosine, T = 0.1,
+k = 20 and 200, the whole train split as memory bank, unaugmented images), written to metrics.json.
+
+    python train/knn.py runs/adios_resnet18                          # data / size from the recipe
+    python train/knn.py simclr_resnet18 --data fashion_mnist --out runs/eval --baselines
+    python train/knn.py raw-pixels --data scenes                     # the raw-pixel baseline only
+    python train/knn.py runs/x --limit-train 2000 --limit-test 500   # a quick look
+
+--baselines also measures, in the same run, the same architecture untrained and raw pixels.
+"""
+from __future__ import annotations
+
+import time
+
+import eval_common as ec
+
+from zoo.evaluation import extract_features, knn_classify
+
+
+def knn_metrics(backbone, train, test, args, prefix: str) -> dict:
+    kw = dict(batch_size=args.batch_size, bf16=args.bf16, num_workers=args.num_workers)
+    backbone = backbone.to(ec.device_of(args))
+    train_f, train_y = extract_features(backbone, train, **kw)
+    test_f, test_y = extract_features(backbone, test, **kw)
+    result = knn_classify(train_f.to(ec.device_of(args)), train_y, test_f, test_y, k=args.k, T=args.T)
+    out = {f"{prefix}/{key}": value for key, value in result.items()}
+    out[f"{prefix}/knn_protocol"] = (f"weighted kNN, cosine, T={args.T}, k={list(args.k)}, "
+                                     f"train={len(train_y)}, test={len(test_y)}, "
+                                     f"image_size={args.image_size}, unaugmented")
+    return out
+
+
+def main(argv=None) -> dict:
+    p = ec.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--k", type=int, nargs="+", default=[20, 200])
+    p.add_argument("--T", type=float, default=0.1)
+    p.add_argument("--baselines", action="store_true",
+                   help="also the untrained architecture and raw pixels, in the same run")
+    args = p.parse_args(argv)
+    t0 = time.time()
+    backbone, data, args.image_size = ec.backbone_and_defaults(args)
+    train, test = ec.datasets(args, data, args.image_size)
+    metrics = {}
+    if backbone is not None:
+        metrics.update(knn_metrics(backbone, train, test, args, data))
+        if args.baselines:
+            metrics.update(knn_metrics(ec.untrained(args), train, test, args, f"{data}/untrained"))
+    if backbone is None or args.baselines:
+        metrics.update(knn_metrics(ec.raw_pixels(), train, test, args, f"{data}/raw_pixels"))
+    for key, value in metrics.items():
+        print(f"{key}: {value:.2f}" if isinstance(value, float) else f"{key}: {value}")
+    report = ec.skipped_report(train, test)
+    if report:
+        print(report)
+    path = ec.write_metrics(args, metrics)
+    print(f"done in {time.time() - t0:.0f} s" + (f", metrics in {path}" if path else ""))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Linear-probe top-1 of a frozen backbone on unaugmented features (the fixed protocol of
+zoo.evaluation.linear_probe: standardised features, SGD momentum 0.9, lr 0.1 cosine, batch 256,
+no weight decay, 100 epochs, final model), written to metrics.json.
+
+    python train/linear.py runs/adios_resnet18
+    python train/linear.py simclr_resnet18 --data fashion_mnist --out runs/eval --baselines
+    python train/linear.py raw-pixels --data scenes
+    python train/linear.py runs/x --limit-train 2000 --limit-test 500 --epochs 10   # a quick look
+
+--baselines also probes, in the same run, the same architecture untrained and raw pixels.
+"""
+from __future__ import annotations
+
+import time
+
+import eval_common as ec
+
+from zoo.evaluation import extract_features, linear_probe
+
+
+def linear_metrics(backbone, train, test, args, prefix: str) -> dict:
+    kw = dict(batch_size=args.batch_size, bf16=args.bf16, num_workers=args.num_workers)
+    device = ec.device_of(args)
+    backbone = backbone.to(device)
+    train_f, train_y = extract_features(backbone, train, **kw)
+    test_f, test_y = extract_features(backbone, test, **kw)
+    result = linear_probe(train_f, train_y, test_f, test_y, epochs=args.epochs, device=device,
+                          num_classes=ec.num_classes_of(train))
+    out = {f"{prefix}/{key}": value for key, value in result.items()}
+    out[f"{prefix}/linear_protocol"] = (f"frozen unaugmented features, standardised, SGD m0.9 lr0.1 "
+                                        f"cosine bs256 wd0, {args.epochs} epochs, "
+                                        f"train={len(train_y)}, test={len(test_y)}, "
+                                        f"image_size={args.image_size}")
+    return out
+
+
+def main(argv=None) -> dict:
+    p = ec.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--baselines", action="store_true",
+                   help="also the untrained architecture and raw pixels, in the same run")
+    args = p.parse_args(argv)
+    t0 = time.time()
+    backbone, data, args.image_size = ec.backbone_and_defaults(args)
+    train, test = ec.datasets(args, data, args.image_size)
+    metrics = {}
+    if backbone is not None:
+        metrics.update(linear_metrics(backbone, train, test, args, data))
+        if args.baselines:
+            metrics.update(linear_metrics(ec.untrained(args), train, test, args, f"{data}/untrained"))
+    if backbone is None or args.baselines:
+        metrics.update(linear_metrics(ec.raw_pixels(), train, test, args, f"{data}/raw_pixels"))
+    for key, value in metrics.items():
+        print(f"{key}: {value:.2f}" if isinstance(value, float) else f"{key}: {value}")
+    report = ec.skipped_report(train, test)
+    if report:
+        print(report)
+    path = ec.write_metrics(args, metrics)
+    print(f"done in {time.time() - t0:.0f} s" + (f", metrics in {path}" if path else ""))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
