@@ -63,10 +63,16 @@ def load_pretrainer(run_dir: str | os.PathLike):
     return pretrainer, recipe
 
 
+def load_metrics(run_dir: str | os.PathLike) -> dict:
+    """run_dir/metrics.json as a dict ({} before any evaluation)."""
+    path = Path(run_dir) / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def update_metrics(run_dir: str | os.PathLike, new: dict) -> dict:
     """Merge `new` into run_dir/metrics.json (atomically) and return the whole dict."""
     path = Path(run_dir) / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.exists() else {}
+    metrics = load_metrics(run_dir)
     metrics.update(new)
     atomic_write(path, json.dumps(metrics, indent=2, sort_keys=True))
     return metrics

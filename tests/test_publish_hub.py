@@ -1,0 +1,295 @@
+"""Publishing round trips: publish -> zoo.create_model, torch.hub, vanilla timm, and a Hub push.
+
+The released weight is a real tiny method (simclr_vit_tiny_patch4_32 when the methods have
+landed; a throwaway registration until then) published into a tmp folder. The Hub is a fake one
+on 127.0.0.1 (tests/fake_hub.py); the client side runs in subprocesses with HF_ENDPOINT pointing
+at it, offline mode off and HF_HOME in tmp. Nothing touches the network.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+from huggingface_hub import ModelCard
+from huggingface_hub import constants as hf_constants
+from safetensors.torch import save_file
+from timm.models._pretrained import PretrainedCfg
+
+import zoo
+from zoo import publish as zpub
+from zoo import weights
+from zoo.registry import METHODS
+from zoo.runs import save_pretrainer, update_metrics
+from fake_hub import FakeHub
+from zoo_testing import make_release, throwaway_method, tiny_name
+
+REPO = Path(__file__).resolve().parents[1]
+TAG = "t1"
+X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def rel(tmp_path_factory):
+    """A published tiny release (fp32) and its fp16 twin, with the table pointed at them."""
+    root = tmp_path_factory.mktemp("pub")
+    wdir, table = root / "weights", root / "released.json"
+    with contextlib.ExitStack() as stack:
+        name = tiny_name()
+        if name is None:                       # the methods have not landed: a throwaway method
+            name = stack.enter_context(throwaway_method("zootestpub", archs=("vit_tiny_patch4_32",)))[0]
+        mp = stack.enter_context(pytest.MonkeyPatch.context())
+        mp.setenv(weights.TABLE_ENV, str(table))
+        mp.setenv(weights.WEIGHTS_ENV, str(wdir))
+        mp.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+        entry, pretrainer = make_release(wdir, name, TAG, table, seed=0)
+        half, _ = make_release(wdir, name, "half", table, seed=0, dtype="float16")
+        backbone = pretrainer.exported_backbone().eval()
+        with torch.no_grad():
+            y = backbone(X)
+        io = root / "io.safetensors"                 # inputs and expected outputs for the subprocesses
+        save_file({"x": X, "y": y.contiguous()}, str(io))
+        yield dict(root=root, wdir=wdir, table=table, name=name, entry=entry, half=half,
+                   pretrainer=pretrainer, backbone=backbone, y=y, io=io, folder=wdir / f"{name}.{TAG}")
+
+
+@pytest.fixture
+def env(rel, monkeypatch):
+    monkeypatch.setenv(weights.TABLE_ENV, str(rel["table"]))
+    monkeypatch.setenv(weights.WEIGHTS_ENV, str(rel["wdir"]))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    return rel
+
+
+def run_py(code: str, env: dict, cwd: Path) -> str:
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=cwd, capture_output=True,
+                       text=True, timeout=180)
+    assert r.returncode == 0, f"subprocess failed:\n{r.stdout}\n{r.stderr[-4000:]}"
+    return r.stdout
+
+
+def clean_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HF_", "ZOO_", "PYTHONPATH", "HUGGINGFACE"))}
+    env.update(OMP_NUM_THREADS="1", HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", **extra)
+    return env
+
+
+# ------------------------------------------------------------------------------------------------
+# publish -> zoo
+
+def test_publish_then_create_model_identical(env):
+    name, y = env["name"], env["y"]
+    for source in (f"{name}.{TAG}", str(env["folder"]), f"local-dir:{env['folder']}"):
+        model = zoo.create_model(source, pretrained=True if "." in source[-4:] else None).eval()
+        with torch.no_grad():
+            assert torch.equal(model(X), y), source
+
+
+def test_fp16_release_is_the_rounded_backbone(env):
+    model = zoo.create_model(f"{env['name']}.half", pretrained=True).eval()
+    rounded = {k: (v.half().float() if v.is_floating_point() else v)
+               for k, v in env["backbone"].state_dict().items()}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in rounded.items())
+    assert (env["wdir"] / f"{env['name']}.half" / "model.safetensors").stat().st_size < \
+        0.55 * (env["folder"] / "model.safetensors").stat().st_size
+
+
+def test_config_json_is_timm_layout_with_zoo_block(env):
+    config = json.loads((env["folder"] / "config.json").read_text())
+    entry = METHODS[env["name"]]
+    assert config["architecture"] == entry.timm_arch and config["model_args"] == entry.model_args
+    assert config["num_classes"] == 0 and config["num_features"] == env["backbone"].num_features
+    PretrainedCfg(**config["pretrained_cfg"])                    # only keys timm knows
+    assert not set(config["pretrained_cfg"]) & set(weights.SOURCE_KEYS)
+    block = config["zoo"]
+    assert set(block["files"]) == {"model.safetensors", "recipe.yaml", "README.md"} | (
+        {"masker.safetensors"} if env["pretrainer"].masker is not None else set())
+    for f, sha in block["files"].items():
+        assert weights.sha256_file(env["folder"] / f) == sha
+    assert block["pretrainer"] == {"model": env["name"], "objective": None, "model_args": {}}
+    assert block["metrics"]["knn_top1_k20"] == 81.5 and block["commit"].startswith("0123")
+    assert yaml.safe_load((env["folder"] / "recipe.yaml").read_text())["model"] == env["name"]
+    assert env["entry"]["files"]["config.json"] == weights.sha256_file(env["folder"] / "config.json")
+
+
+def test_model_card_front_matter_and_body(env):
+    card = ModelCard.load(env["folder"] / "README.md")
+    assert card.data.library_name == "timm" and card.data.license == "apache-2.0"
+    assert "self-supervised" in card.data.tags and card.data.datasets == ["zalando-datasets/fashion_mnist"]
+    results = {r.metric_name: r.metric_value for r in card.data.eval_results}
+    assert results == {"kNN top-1 (k=20)": 81.5, "kNN top-1 (k=200)": 80.25, "linear probe top-1": 84.0}
+    body = card.text
+    for needle in ("T = 0.1", "k = 20 and k = 200", "frozen, unaugmented", "python train/knn.py runs/x",
+                   "## Exported network", zpub.exported_description(METHODS[env["name"]].method),
+                   "0123456789abcdef", "untrained", "(baseline, same run)", "epochs: 1", "wall-clock: 1 s",
+                   env["entry"]["files"]["model.safetensors"]):
+        assert needle in body, needle
+
+
+def test_publish_is_atomic_and_checks_the_backbone(env, tmp_path, monkeypatch):
+    out = tmp_path / "w" / "x.t"
+    out.mkdir(parents=True)
+    (out / "old.txt").write_text("old release")
+
+    def broken(**kw):
+        raise RuntimeError("card failed")
+    monkeypatch.setattr(zpub, "model_card", broken)
+    with pytest.raises(RuntimeError, match="card failed"):
+        zpub.publish(env["backbone"], out, env["name"], "t", recipe={"model": env["name"]}, metrics={})
+    assert [p.name for p in out.iterdir()] == ["old.txt"]           # the old folder, untouched
+    assert [p.name for p in out.parent.iterdir()] == ["x.t"]          # no temp folder left
+    other = timm.create_model("resnet18", num_classes=0)          # not the backbone of this name
+    with pytest.raises(weights.ShapeMismatchError):
+        zpub.publish(other, tmp_path / "y", env["name"], "t", recipe={})
+    with pytest.raises(ValueError, match="tag"):
+        zpub.publish(env["backbone"], tmp_path / "z", env["name"], "a.b", recipe={})
+
+
+# ------------------------------------------------------------------------------------------------
+# torch.hub
+
+def load_hubconf():
+    spec = importlib.util.spec_from_file_location("hubconf_under_test", REPO / "hubconf.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_torch_hub_load_local(env):
+    name = env["name"]
+    model = torch.hub.load(str(REPO), name, source="local", tag=TAG).eval()
+    with torch.no_grad():
+        assert torch.equal(model(X), env["y"])
+    ft = torch.hub.load(str(REPO), name, source="local", num_classes=4)     # t1 listed first: the default
+    assert ft(X).shape == (2, 4)
+    assert all(torch.equal(ft.state_dict()[k], v) for k, v in env["backbone"].state_dict().items())
+
+
+def test_hubconf_entrypoints_and_docstrings(env):
+    hub = load_hubconf()
+    public = sorted(k for k, v in vars(hub).items() if callable(v) and not k.startswith("_"))
+    assert public == zoo.list_models()                   # one entrypoint per name, nothing else
+    assert all("." not in k for k in public)
+    assert isinstance(hub.dependencies, list) and "timm" in hub.dependencies
+    for dep in hub.dependencies:
+        assert importlib.util.find_spec(dep) is not None
+    doc = getattr(hub, env["name"]).__doc__
+    assert f"{TAG}: knn_top1_k20 81.5, knn_top1_k200 80.25, linear_top1 84" in doc and "half:" in doc
+
+
+# ------------------------------------------------------------------------------------------------
+# Vanilla timm (no zoo) and the Hub
+
+@pytest.fixture(scope="module")
+def hub(rel):
+    """Push the release to a fake Hub from a subprocess, then resolve it through zoo's Hub path there."""
+    with FakeHub() as server:
+        root = rel["root"]
+        table = json.loads(rel["table"].read_text())
+        table_path = root / "hub_table.json"
+        repo_id = f"org/{rel['name']}.{TAG}"
+        env = clean_env(HF_ENDPOINT=server.url, HF_HOME=str(root / "hf_home"), HF_TOKEN="hf_fake",
+                        PYTHONPATH=str(REPO), ZOO_WEIGHTS_DIR=str(root / "no_weights_here"),
+                        ZOO_RELEASED=str(table_path))
+        key = f"{rel['name']}.{TAG}"
+        entry = dict(table[key], hf_hub_id=repo_id)
+        (root / "hub_table.json").write_text(json.dumps({key: entry}))
+        out = run_py(f"""
+            import json, os, torch, zoo
+            from pathlib import Path
+            from safetensors.torch import load_file
+            from zoo import publish, weights
+            io = load_file({str(rel['io'])!r})
+            oid = publish.push({str(rel['folder'])!r}, {repo_id!r})
+            e = weights.load_table()
+            e[{key!r}]["revision"] = oid
+            publish.update_table(e[{key!r}])
+            for source in ({key!r}, "hf-hub:{repo_id}"):
+                model = zoo.create_model(source, pretrained=True).eval()
+                with torch.no_grad():
+                    assert torch.allclose(model(io["x"]), io["y"], atol=1e-5), source
+            # the hash is checked on the Hub path too: damage the cached blob
+            path = weights.resolve_file({key!r}, "model.safetensors")
+            assert "hf_home" in str(path), path
+            data = bytearray(Path(path).read_bytes()); data[-3] ^= 1; Path(path).write_bytes(bytes(data))
+            try:
+                zoo.create_model({key!r}, pretrained=True)
+                raise SystemExit("no HashMismatchError")
+            except weights.HashMismatchError as err:
+                print("HASH", err.file)
+            data[-3] ^= 1; Path(path).write_bytes(bytes(data))
+            print("OID", oid)
+        """, env, root)
+        yield dict(server=server, repo_id=repo_id, out=out, env=env)
+
+
+def test_push_and_zoo_hub_resolution(rel, hub):
+    files = hub["server"].files(hub["repo_id"])
+    assert set(files) == {p.name for p in rel["folder"].iterdir()}
+    for f, data in files.items():
+        assert data == (rel["folder"] / f).read_bytes()
+    assert "HASH" in hub["out"] and "hf_home" in hub["out"]
+    oid = hub["out"].split("OID ")[1].split()[0]
+    assert any(f"/resolve/{oid}/model.safetensors" in r for r in hub["server"].requests)   # pinned revision
+
+
+def test_vanilla_timm_local_dir_and_hf_hub(rel, hub):
+    """A process that never imports zoo loads the folder and the pushed repo with plain timm."""
+    env = dict(hub["env"])
+    for k in ("PYTHONPATH", "ZOO_WEIGHTS_DIR", "ZOO_RELEASED"):
+        env.pop(k)
+    env["HF_HOME"] = str(rel["root"] / "hf_home_vanilla")     # a cold cache: a real download
+    out = run_py(f"""
+        import sys, timm, torch
+        from safetensors.torch import load_file
+        io = load_file({str(rel['io'])!r})
+        for source in ("local-dir:{rel['folder']}", "hf-hub:{hub['repo_id']}"):
+            model = timm.create_model(source, pretrained=True).eval()
+            with torch.no_grad():
+                assert torch.allclose(model(io["x"]), io["y"], atol=1e-5), source
+            assert model.num_classes == 0
+        ft = timm.create_model("hf-hub:{hub['repo_id']}", pretrained=True, num_classes=5)
+        assert ft(io["x"]).shape == (2, 5)
+        assert "zoo" not in sys.modules
+        print("VANILLA OK")
+    """, env, rel["root"])
+    assert "VANILLA OK" in out
+
+
+# ------------------------------------------------------------------------------------------------
+# train/publish.py
+
+def test_train_publish_cli(env, tmp_path):
+    name = env["name"]
+    pretrainer = zoo.create_pretrainer(name).eval()
+    run = tmp_path / "run"
+    recipe = {"model": name, "objective": None, "model_args": {}, "data": "scenes", "image_size": 32,
+              "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "commit": "feedbeef"}
+    save_pretrainer(run, pretrainer, recipe)
+    update_metrics(run, {"knn_top1_k20": 42.0, "wall_clock_s": 12.5})
+    spec = importlib.util.spec_from_file_location("train_publish", REPO / "train" / "publish.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    table = tmp_path / "released.json"
+    entry = cli.main([str(run), "--tag", "scenes", "--out", str(tmp_path / "w" / f"{name}.scenes"),
+                      "--table", str(table), "--fact", "machine=test box"])
+    assert list(weights.load_table(table)) == [f"{name}.scenes"]
+    assert entry["commit"] == "feedbeef" and entry["facts"]["wall_clock_s"] == 12.5
+    assert entry["metrics"] == {"knn_top1_k20": 42.0} and entry["dtype"] == "float16"
+    assert entry["hf_hub_id"] == f"{zpub.DEFAULT_HUB_ORG}/{name}.scenes"
+    model = zoo.create_model(str(tmp_path / "w" / f"{name}.scenes")).eval()
+    ref = {k: (v.half().float() if v.is_floating_point() else v)
+           for k, v in pretrainer.exported_backbone().state_dict().items()}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in ref.items())
+    card = (tmp_path / "w" / f"{name}.scenes" / "README.md").read_text()
+    assert "machine: test box" in card and "feedbeef" in card
