@@ -114,3 +114,166 @@ def test_choose_one_picks_the_indexed_mask():
     assert out.shape == (3, 1, 5, 5)
     for b in range(3):
         assert torch.equal(out[b, 0], m[b, idx[b]])
+
+
+# ---------------------------------------------------------------------------- phases
+
+def _adios(objective="simclr", name="adios_resnet18", **kw):
+    torch.manual_seed(0)
+    kw.setdefault("num_masks", 3)
+    return zoo.create_pretrainer(name, objective=objective, img_size=IMG, mask_fbase=8, **kw)
+
+
+def _grads(module):
+    return {n: p.grad for n, p in module.named_parameters()}
+
+
+class _Spy(torch.nn.Module):
+    """Records the masks the pretrainer hands to the objective, then runs the real objective."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.seen = inner, []
+
+    def forward(self, backbone, views, masks=None):
+        self.seen.append([None if m is None else m.detach().clone() for m in masks])
+        return self.inner(backbone, views, masks)
+
+
+def test_encoder_phase_trains_encoder_and_heads_only():
+    p = _adios()
+    views = _views()
+    p(views, phase="encoder").backward()
+    assert all(g is None for g in _grads(p.masker).values())          # occluder: no gradient at all
+    # (not "non-zero": timm's ResNet zero-inits each block's last BN gamma, so the residual
+    # branches get exactly zero gradient at step 0)
+    assert all(g is not None for g in _grads(p.backbone).values())
+    assert _grads(p.backbone)["conv1.weight"].abs().sum() > 0
+    assert all(g is not None for g in _grads(p.objective.projector).values())
+    assert {id(q) for q in p.parameters_of("masker")} == {id(q) for q in p.masker.parameters()}
+
+
+@pytest.mark.parametrize("objective", ["simclr", "byol", "simsiam"])
+def test_masker_phase_trains_occluder_only(objective):
+    p = _adios(objective)
+    flags = {n: q.requires_grad for n, q in p.named_parameters()}
+    p(_views(), phase="masker").backward()
+    assert all(g is None for g in _grads(p.backbone).values())
+    assert all(g is None for g in _grads(p.objective).values())
+    assert all(g is not None and torch.isfinite(g).all() for g in _grads(p.masker).values())
+    assert flags == {n: q.requires_grad for n, q in p.named_parameters()}   # frozen() restored them
+
+
+def test_phase_values_equal_independent_computation():
+    p = _adios(alpha_sparsity=0.7, alpha_entropy=0.3)
+    views = _views()
+    with torch.no_grad():
+        masks = p.masker(views[1])
+        expected_obj = p.objective(p.backbone, views, [None, masks])
+        expected_pen = 0.7 * (1 / (torch.sin(math.pi * masks.mean((-2, -1))) + 1e-10)).mean(0).sum() \
+            + 0.3 * -(masks.mean((-2, -1)).softmax(1) * masks.mean((-2, -1)).log_softmax(1)).sum()
+        enc = p(views, phase="encoder")
+        mask_loss = p(views, phase="masker")
+    torch.testing.assert_close(enc, expected_obj)
+    torch.testing.assert_close(mask_loss, -expected_obj + expected_pen)
+
+
+def test_masker_step_along_its_gradient_raises_the_objective():
+    """Finite differences: the masker-phase gradient is the ascent direction of the objective."""
+    p = _adios(alpha_sparsity=0.0).double()
+    views = [v.double() for v in _views()]
+    occ = list(p.masker.parameters())
+
+    def objective():
+        with torch.no_grad():
+            return p.objective(p.backbone, views, [None, p.masker(views[1])]).item()
+
+    before = objective()
+    loss = p(views, phase="masker")                      # = -objective (no penalty)
+    assert loss.item() == pytest.approx(-before, rel=1e-9)
+    grads = torch.autograd.grad(loss, occ)
+    sq = sum((g * g).sum() for g in grads).item()
+    assert sq > 0
+    eps = 1e-5 / math.sqrt(sq)                             # a step of norm 1e-5
+    with torch.no_grad():
+        for q, g in zip(occ, grads):
+            q -= eps * g                                   # a descent step on the masker's loss
+    gain = objective() - before
+    assert gain > 0
+    assert gain == pytest.approx(eps * sq, rel=0.02)       # first-order prediction
+
+
+def test_simsiam_masks_both_views_with_one_pass_each():
+    p = _adios("simsiam")
+    p.objective = _Spy(p.objective)
+    views = _views()
+    with torch.no_grad():
+        p(views, phase="encoder")
+        full = [p.masker(v) for v in views]
+    m0, m1 = p.objective.seen[0]
+    torch.testing.assert_close(m0, full[0])
+    torch.testing.assert_close(m1, full[1])
+    with torch.no_grad():
+        loss = p(views, phase="masker")
+        obj = p.objective.inner(p.backbone, views, full)
+    torch.testing.assert_close(loss, -obj + p.masker.penalty(torch.cat(full, 1)))
+
+
+@pytest.mark.parametrize("objective", ["simclr", "simsiam"])
+def test_adios_s_encodes_one_drawn_mask_per_image_with_independent_draws(objective):
+    p = _adios(objective, name="adios_s_resnet18", num_masks=6)
+    p.objective = _Spy(p.objective)
+    views = _views(b=16)
+    choices = []
+    for phase in ("encoder", "masker", "encoder"):
+        p(views, phase=phase)
+        choices.append(p.last_choice.clone())
+    with torch.no_grad():
+        full = [p.masker(v) for v in views]
+    for seen, choice in zip(p.objective.seen, choices):
+        masked = [0, 1] if objective == "simsiam" else [1]
+        for i in range(2):
+            if i not in masked:
+                assert seen[i] is None
+                continue
+            assert seen[i].shape == (16, 1, IMG, IMG)                   # K = 1 copy per image
+            torch.testing.assert_close(seen[i], choose_one(full[i], choice))
+    # independent uniform draws: two phases agreeing on 16 draws of 6 would be a 6**-16 event
+    assert not torch.equal(choices[0], choices[1]) and not torch.equal(choices[1], choices[2])
+    assert set(torch.cat(choices).tolist()) == set(range(6))
+
+
+def test_adios_s_penalty_covers_all_masks():
+    p = _adios(name="adios_s_resnet18", num_masks=4, alpha_sparsity=1.0)
+    views = _views()
+    with torch.no_grad():
+        full = p.masker(views[1])
+        torch.manual_seed(5)
+        loss = p(views, phase="masker")
+        torch.manual_seed(5)
+        chosen = choose_one(full, torch.randint(4, (4,)))
+        obj = p.objective(p.backbone, views, [None, chosen])
+    torch.testing.assert_close(loss, -obj + p.masker.penalty(full))
+
+
+def test_factory_errors_are_clear():
+    with pytest.raises(ValueError, match="takes 96 px"):
+        zoo.create_pretrainer("adios_vit_tiny_patch16_96", img_size=32)
+    with pytest.raises(ValueError, match="no option temperature"):
+        zoo.create_pretrainer("adios_resnet18", objective="byol", temperature=0.1)
+    with pytest.raises(ValueError, match="objective one of"):
+        zoo.create_pretrainer("adios_resnet18", objective="mae")
+    with pytest.raises(ValueError, match="two views"):
+        _adios()([torch.randn(2, 3, IMG, IMG)], phase="encoder")
+    with pytest.raises(ValueError, match="no phase"):
+        _adios()(_views(), phase="discriminator")
+
+
+def test_masker_state_dict_round_trips_into_a_fresh_pretrainer():
+    a, b = _adios("byol"), _adios("byol")
+    with torch.no_grad():
+        for q in a.masker.parameters():
+            q.add_(0.1)
+    b.masker.load_state_dict(a.masker.state_dict())
+    x = _views()[1]
+    torch.testing.assert_close(a.masker(x), b.masker(x))
