@@ -171,3 +171,143 @@ def test_pseudo_real_maps_are_softmaxes_of_half_boxes_plus_noise():
     expected = F.softmax((0.5 * boxes + torch.rand_like(boxes)).flatten(1), dim=1).view(3, 1, 8, 8)
     torch.testing.assert_close(maps, expected)
     torch.testing.assert_close(maps.sum((1, 2, 3)), torch.ones(3))
+
+
+# ---------------------------------------------------------------------------- pretrainer phases
+
+import warnings  # noqa: E402
+
+import zoo  # noqa: E402
+from zoo.backbones import create_backbone  # noqa: E402
+from zoo.methods.automae import AutoMAEPretrainer  # noqa: E402
+from zoo.objectives import MAE  # noqa: E402
+
+
+def _automae(**kw):
+    torch.manual_seed(0)
+    kw.setdefault("decoder_depth", 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return zoo.create_pretrainer("automae_vit_tiny_patch4_32", **kw)
+
+
+class _ConstD(torch.nn.Module):
+    """A stand-in discriminator: records its inputs and scores every map `c`."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c, self.seen = c, []
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, maps):
+        self.seen.append(maps.detach())
+        return self.w + self.c + 0 * maps.flatten(1)[:, :1]
+
+
+def test_random_source_warns():
+    with pytest.warns(UserWarning, match="RANDOMLY initialised"):
+        zoo.create_pretrainer("automae_vit_tiny_patch4_32", decoder_depth=1)
+
+
+def test_named_attention_source_is_loaded_pretrained_and_grid_checked(monkeypatch):
+    import zoo.factory
+    calls = []
+
+    def fake_create_model(name, pretrained=None, **kw):
+        calls.append((name, pretrained))
+        return create_backbone("vit_tiny_patch4_32" if name == "good" else "vit_tiny_patch16_224")
+
+    monkeypatch.setattr(zoo.factory, "create_model", fake_create_model)
+    p = zoo.create_pretrainer("automae_vit_tiny_patch4_32", attention_source="good", decoder_depth=1)
+    assert calls == [("good", True)] and p.masker.grid == (8, 8)
+    with pytest.raises(ValueError, match=r"\(8, 8\) patch grid"):
+        zoo.create_pretrainer("automae_vit_tiny_patch4_32", attention_source="bad", decoder_depth=1)
+
+
+def test_discriminator_phase_touches_only_the_discriminator():
+    p = _automae()
+    loss = p([torch.randn(2, 3, 32, 32)], phase="discriminator")
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, q in p.named_parameters():
+        assert (q.grad is not None) == name.startswith("discriminator."), name
+    assert {id(q) for q in p.parameters_of("discriminator")} == {id(q) for q in p.discriminator.parameters()}
+
+
+def test_discriminator_phase_is_lsgan_on_prior_and_generator_maps():
+    p = _automae()
+    p.discriminator = _ConstD(0.3)
+    loss = p([torch.randn(2, 3, 32, 32)], phase="discriminator")
+    assert loss.item() == pytest.approx((0.3 - 1) ** 2 + 0.3 ** 2)       # MSE(D(real),1) + MSE(D(fake),0)
+    real, fake = p.discriminator.seen
+    for maps in (real, fake):
+        assert maps.shape == (2, 1, 8, 8)
+        torch.testing.assert_close(maps.sum((1, 2, 3)), torch.ones(2))   # probability maps
+    # the real maps are rectangles: two levels of logits (0.5 + U inside, U outside)
+    assert (real.log().flatten(1).amax(1) - real.log().flatten(1).amin(1) <= 1.5 + 1e-5).all()
+
+
+def test_encoder_phase_loss_is_rec_plus_0_2_lsgan_generator_term():
+    p = _automae()
+    p.discriminator = _ConstD(0.3)
+    x = [torch.randn(2, 3, 32, 32)]
+    torch.manual_seed(3)
+    with_g = p(x, phase="encoder")
+    p.loss_g_factor = 0.0
+    torch.manual_seed(3)
+    rec = p(x, phase="encoder")
+    assert (with_g - rec).item() == pytest.approx(0.2 * (0.3 - 1) ** 2, rel=1e-5)
+
+
+def test_encoder_phase_gradients_reach_the_generator_through_the_gate(monkeypatch):
+    p = _automae(loss_g_factor=0.0)                       # only the reconstruction loss
+    x = [torch.randn(2, 3, 32, 32)]
+    p(x, phase="encoder").backward()
+    gen = [q.grad for q in p.masker.generator.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in gen)
+    assert sum(g.abs().sum() for g in gen) > 0
+    assert all(q.grad is None for q in p.discriminator.parameters())
+    assert all(q.grad is None for q in p.masker.source.parameters())
+    assert all(q.requires_grad for q in p.discriminator.parameters())    # unfrozen afterwards
+    # the same step with the gate removed: the masks alone carry no gradient
+    p.zero_grad(set_to_none=True)
+    forward = p.objective.forward
+    monkeypatch.setattr(p.objective, "forward", lambda b, v, m, gate=None: forward(b, v, m))
+    loss = p(x, phase="encoder")
+    grads = torch.autograd.grad(loss, list(p.masker.generator.parameters()), allow_unused=True)
+    assert all(g is None or not g.any() for g in grads)    # (0 x the GAN term still links them)
+
+
+def test_encoder_phase_parameters_and_masker_round_trip():
+    p = _automae()
+    enc = {id(q) for q in p.parameters_of("encoder")}
+    assert enc == {id(q) for m in (p.backbone, p.objective, p.masker.generator)
+                   for q in m.parameters() if q.requires_grad}
+    assert not enc & {id(q) for q in p.masker.source.parameters()}
+    assert not enc & {id(q) for q in p.discriminator.parameters()}
+    fresh = _automae()
+    with torch.no_grad():
+        for q in p.masker.parameters():
+            q.add_(0.05)
+    fresh.masker.load_state_dict(p.masker.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    torch.manual_seed(9)
+    a = p.masker.sample(x)
+    torch.manual_seed(9)
+    b = fresh.masker.sample(x)
+    torch.testing.assert_close(a.y, b.y)
+    assert torch.equal(a.hidden, b.hidden)
+
+
+def test_14x14_grid_end_to_end_shapes():
+    torch.manual_seed(0)
+    backbone = create_backbone("vit_tiny_patch16_224")
+    p = AutoMAEPretrainer(backbone, MAE(backbone, decoder_depth=1),
+                          AutoMAEMasker(create_backbone("vit_tiny_patch16_224")))
+    assert p.masker.visible == 49 and p.discriminator.net[-2].kernel_size == (3, 3)
+    x = [torch.randn(2, 3, 224, 224)]
+    for phase in p.phases:
+        loss = p(x, phase=phase)
+        assert loss.shape == () and torch.isfinite(loss)
+        loss.backward()
+    assert p.masker(x[0]).shape == (2, 1, 14, 14)
