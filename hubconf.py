@@ -15,9 +15,8 @@ dependencies = ["torch", "timm", "safetensors", "huggingface_hub", "yaml"]
 
 import zoo as _zoo  # noqa: E402
 from zoo import weights as _weights  # noqa: E402
+from zoo.publish import headline as _headline  # noqa: E402
 from zoo.registry import METHODS as _METHODS  # noqa: E402
-
-_SHOWN = ("knn_top1_k20", "knn_top1_k200", "linear_top1", "mask_score")
 
 
 def _doc(name: str, table: dict) -> str:
@@ -29,8 +28,7 @@ def _doc(name: str, table: dict) -> str:
     if releases:
         lines.append("Released tags (the first is the default):")
         for e in releases:
-            m = e.get("metrics") or {}
-            shown = ", ".join(f"{k} {m[k]:.4g}" for k in _SHOWN if isinstance(m.get(k), (int, float)))
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in _headline(e.get("metrics") or {}).items())
             data = (e.get("recipe") or {}).get("data", "")
             lines.append(f"  {e['tag']}: {shown or 'no metrics recorded'}{f' (data: {data})' if data else ''}")
     else:

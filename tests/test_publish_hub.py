@@ -117,7 +117,7 @@ def test_config_json_is_timm_layout_with_zoo_block(env):
     for f, sha in block["files"].items():
         assert weights.sha256_file(env["folder"] / f) == sha
     assert block["pretrainer"] == {"model": env["name"], "objective": None, "model_args": {}}
-    assert block["metrics"]["knn_top1_k20"] == 81.5 and block["commit"].startswith("0123")
+    assert block["metrics"]["fashion_mnist/knn_top1_k20"] == 81.5 and block["commit"].startswith("0123")
     assert yaml.safe_load((env["folder"] / "recipe.yaml").read_text())["model"] == env["name"]
     assert env["entry"]["files"]["config.json"] == weights.sha256_file(env["folder"] / "config.json")
 
@@ -127,11 +127,16 @@ def test_model_card_front_matter_and_body(env):
     assert card.data.library_name == "timm" and card.data.license == "apache-2.0"
     assert "self-supervised" in card.data.tags and card.data.datasets == ["zalando-datasets/fashion_mnist"]
     results = {r.metric_name: r.metric_value for r in card.data.eval_results}
-    assert results == {"kNN top-1 (k=20)": 81.5, "kNN top-1 (k=200)": 80.25, "linear probe top-1": 84.0}
+    assert results == {"kNN top-1 (k=20), fashion_mnist": 81.5, "kNN top-1 (k=200), fashion_mnist": 80.25,
+                       "linear probe top-1, fashion_mnist": 84.0}        # baselines are not the model's
+    assert {r.dataset_type for r in card.data.eval_results} == {"zalando-datasets/fashion_mnist"}
     body = card.text
-    for needle in ("T = 0.1", "k = 20 and k = 200", "frozen, unaugmented", "python train/knn.py runs/x",
+    for needle in ("T = 0.1", "k = 20 and k = 200", "frozen, unaugmented",
+                   "| kNN top-1 (k=20), fashion_mnist | 81.5 | `python train/knn.py runs/x --baselines` |",
+                   "fashion_mnist untrained (baseline, same run) | 30 |", "raw_pixels (baseline, same run) | 70 |",
+                   "fashion_mnist/knn_protocol: weighted kNN, T=0.1", "pretrain wall_clock_s: 1.5",
                    "## Exported network", zpub.exported_description(METHODS[env["name"]].method),
-                   "0123456789abcdef", "untrained", "(baseline, same run)", "epochs: 1", "wall-clock: 1 s",
+                   "0123456789abcdef", "(baseline, same run)", "epochs: 1", "wall-clock: 1 s",
                    env["entry"]["files"]["model.safetensors"]):
         assert needle in body, needle
 
@@ -184,7 +189,8 @@ def test_hubconf_entrypoints_and_docstrings(env):
     for dep in hub.dependencies:
         assert importlib.util.find_spec(dep) is not None
     doc = getattr(hub, env["name"]).__doc__
-    assert f"{TAG}: knn_top1_k20 81.5, knn_top1_k200 80.25, linear_top1 84" in doc and "half:" in doc
+    assert (f"{TAG}: kNN top-1 (k=20), fashion_mnist 81.5, kNN top-1 (k=200), fashion_mnist 80.25, "
+            "linear probe top-1, fashion_mnist 84 (data: fashion_mnist)") in doc and "half:" in doc
 
 
 # ------------------------------------------------------------------------------------------------
@@ -276,7 +282,7 @@ def test_train_publish_cli(env, tmp_path):
     recipe = {"model": name, "objective": None, "model_args": {}, "data": "scenes", "image_size": 32,
               "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "commit": "feedbeef"}
     save_pretrainer(run, pretrainer, recipe)
-    update_metrics(run, {"knn_top1_k20": 42.0, "wall_clock_s": 12.5})
+    update_metrics(run, {"scenes/knn_top1_k20": 42.0, "pretrain": {"wall_clock_s": 12.5}})
     spec = importlib.util.spec_from_file_location("train_publish", REPO / "train" / "publish.py")
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
@@ -284,12 +290,13 @@ def test_train_publish_cli(env, tmp_path):
     entry = cli.main([str(run), "--tag", "scenes", "--out", str(tmp_path / "w" / f"{name}.scenes"),
                       "--table", str(table), "--fact", "machine=test box"])
     assert list(weights.load_table(table)) == [f"{name}.scenes"]
-    assert entry["commit"] == "feedbeef" and entry["facts"]["wall_clock_s"] == 12.5
-    assert entry["metrics"] == {"knn_top1_k20": 42.0} and entry["dtype"] == "float16"
+    assert entry["commit"] == "feedbeef" and entry["metrics"]["pretrain"]["wall_clock_s"] == 12.5
+    assert entry["metrics"]["scenes/knn_top1_k20"] == 42.0 and entry["dtype"] == "float16"
+    assert entry["commands"]["knn"] == f"python train/knn.py {run} --baselines"
     assert entry["hf_hub_id"] == f"{zpub.DEFAULT_HUB_ORG}/{name}.scenes"
     model = zoo.create_model(str(tmp_path / "w" / f"{name}.scenes")).eval()
     ref = {k: (v.half().float() if v.is_floating_point() else v)
            for k, v in pretrainer.exported_backbone().state_dict().items()}
     assert all(torch.equal(model.state_dict()[k], v) for k, v in ref.items())
     card = (tmp_path / "w" / f"{name}.scenes" / "README.md").read_text()
-    assert "machine: test box" in card and "feedbeef" in card
+    assert "machine: test box" in card and "feedbeef" in card and "pretrain wall_clock_s: 12.5" in card

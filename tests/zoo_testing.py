@@ -65,12 +65,15 @@ def make_release(root: Path, name: str, tag: str, table: Path, *, seed: int = 0,
     pretrainer = zoo.create_pretrainer(name).eval()
     recipe = {"model": name, "objective": None, "model_args": {}, "data": "fashion_mnist", "image_size": 32,
               "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "epochs": 1, "seed": seed}
-    metrics = metrics if metrics is not None else {
-        "knn_top1_k20": 81.5, "knn_top1_k200": 80.25, "linear_top1": 84.0,
-        "untrained": {"knn_top1_k20": 30.0}, "commands": {"knn": "python train/knn.py runs/x"}}
+    metrics = metrics if metrics is not None else {      # the layout train/knn.py etc. write
+        "fashion_mnist/knn_top1_k20": 81.5, "fashion_mnist/knn_top1_k200": 80.25,
+        "fashion_mnist/linear_top1": 84.0, "fashion_mnist/untrained/knn_top1_k20": 30.0,
+        "fashion_mnist/raw_pixels/knn_top1_k20": 70.0, "fashion_mnist/knn_protocol": "weighted kNN, T=0.1",
+        "pretrain": {"steps": 10, "wall_clock_s": 1.5}}
     entry = publish(pretrainer.exported_backbone(), root / f"{name}.{tag}", name, tag, recipe=recipe,
                     metrics=metrics, masker=pretrainer.masker if with_masker else None,
                     commit="0123456789abcdef0123456789abcdef01234567", dtype=dtype,
+                    commands={"knn": "python train/knn.py runs/x --baselines"},
                     facts={"wall-clock": "1 s", "machine": "test"}, **kw)
     update_table(entry, table)
     return entry, pretrainer

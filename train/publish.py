@@ -81,12 +81,17 @@ def main(argv: list[str] | None = None) -> dict:
     for item in args.fact:
         key, _, value = item.partition("=")
         facts[key] = value
+    # The eval scripts do not record their command lines: the card gives the command that
+    # re-measures each metric on this run directory (the flags of a limited run are not known).
+    commands = {word: f"python train/{script} {args.run_dir}" + (" --baselines" if word != "finetune" else "")
+                for word, script in (("knn", "knn.py"), ("linear", "linear.py"), ("finetune", "finetune.py"))
+                if (REPO / "train" / script).exists()}
     out = args.out or REPO / "weights" / f"{name}.{args.tag}"
     masker = pretrainer.masker if has_learned_masker(pretrainer) else None
     entry = zpub.publish(pretrainer.exported_backbone(), out, name, args.tag, recipe=recipe, metrics=metrics,
                          masker=masker, commit=commit, dtype=args.dtype, objective=recipe.get("objective"),
                          pretrainer_args=recipe.get("model_args") or {}, hf_hub_id=args.push or args.hub_id,
-                         facts=facts)
+                         facts=facts, commands=metrics.pop("commands", None) or commands)
     print(f"wrote {out}: " + ", ".join(f"{f} {h[:12]}" for f, h in entry["files"].items()))
     if args.push:
         entry["revision"] = zpub.push(out, args.push, private=args.private)

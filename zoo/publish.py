@@ -99,26 +99,50 @@ def _cast(state: dict, dtype: torch.dtype | None) -> dict:
             for k, v in state.items()}
 
 
-def _flat(metrics: dict, prefix: str = "") -> dict[str, float]:
+def _flat(metrics: dict, prefix: str = "") -> dict:
+    """Nested metrics -> {"a/b/leaf": value} (the eval scripts write flat "data/metric" keys already)."""
     out = {}
     for k, v in metrics.items():
         if isinstance(v, dict):
             out.update(_flat(v, f"{prefix}{k}/"))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        elif isinstance(v, (int, float, str)) and not isinstance(v, bool):
             out[f"{prefix}{k}"] = v
     return out
 
 
-def _is_own(key: str) -> bool:
-    return not any(w in key.lower() for w in _BASELINE_WORDS)
+def split_metrics(metrics: dict) -> tuple[dict, dict, dict]:
+    """(own results, baselines measured beside them, protocol notes) of a metrics.json.
+
+    The `pretrain` block (steps, wall-clock) is a training fact, not a result, and `commands` is
+    card data: both are left out here.
+    """
+    own, baselines, notes = {}, {}, {}
+    for k, v in _flat({k: v for k, v in metrics.items() if k not in ("pretrain", "commands")}).items():
+        if isinstance(v, str):
+            notes[k] = v
+        elif any(w in k.lower() for w in _BASELINE_WORDS):
+            baselines[k] = v
+        else:
+            own[k] = v
+    return own, baselines, notes
+
+
+_LABELS = {"knn_top1_k20": "kNN top-1 (k=20)", "knn_top1_k200": "kNN top-1 (k=200)",
+           "linear_top1": "linear probe top-1", "linear_train_top1": "linear probe train top-1",
+           "finetune_top1": "fine-tune top-1", "mask_score": "mask score"}
+HEADLINE = ("knn_top1_k20", "knn_top1_k200", "linear_top1", "finetune_top1", "mask_score")
 
 
 def _label(key: str) -> str:
-    labels = {"knn_top1_k20": "kNN top-1 (k=20)", "knn_top1_k200": "kNN top-1 (k=200)",
-              "linear_top1": "linear probe top-1", "finetune_top1": "fine-tune top-1", "mask_score": "mask score"}
     group, _, leaf = key.rpartition("/")
-    label = labels.get(leaf, leaf)
+    label = _LABELS.get(leaf, leaf)
     return f"{label}, {group.replace('/', ' ')}" if group else label
+
+
+def headline(metrics: dict) -> dict[str, float]:
+    """{label: value} of the model's own headline results (kNN, linear, fine-tune, mask score)."""
+    own = split_metrics(metrics)[0]
+    return {_label(k): v for k, v in own.items() if k.rpartition("/")[2] in HEADLINE}
 
 
 def _jsonable(obj):
@@ -134,24 +158,33 @@ def model_card(*, name: str, tag: str, entry, cfg: dict, num_features: int, hf_h
     from huggingface_hub.repocard_data import EvalResult
 
     data = str(recipe.get("data", "unknown"))
-    hub_data = HUB_DATASETS.get(data) or (data[3:] if data.startswith("hf:") else None)
-    flat = {k: v for k, v in _flat(metrics).items() if k != "commands"}
-    own = {k: v for k, v in flat.items() if _is_own(k)}
-    results = [EvalResult(task_type="image-classification", task_name="Image classification (frozen features)",
-                          dataset_type=hub_data or f"zoo/{data}", dataset_name=data, dataset_split="test",
-                          metric_type="accuracy" if "top1" in k else k, metric_value=v, metric_name=_label(k))
-               for k, v in own.items() if "top1" in k or k == "mask_score"]
+
+    def hub_id(ds: str) -> str | None:
+        return HUB_DATASETS.get(ds) or (ds[3:] if ds.startswith("hf:") else None)
+
+    own, baselines, notes = split_metrics(metrics)
+    results = []
+    for k, v in own.items():
+        group, _, leaf = k.rpartition("/")
+        if leaf not in HEADLINE:
+            continue
+        ds = group.split("/")[0] if group else data          # eval scripts prefix keys with their data
+        results.append(EvalResult(
+            task_type="image-classification", task_name="Image classification (frozen features)"
+            if leaf != "finetune_top1" else "Image classification (fine-tuned)",
+            dataset_type=hub_id(ds) or f"zoo/{ds}", dataset_name=ds, dataset_split="test",
+            metric_type="accuracy" if "top1" in leaf else leaf, metric_value=v, metric_name=_label(k)))
     card_data = ModelCardData(
         library_name="timm", license=license, pipeline_tag="image-feature-extraction",
         tags=["image-feature-extraction", "timm", "self-supervised", "zoo", entry.method],
-        datasets=[hub_data] if hub_data else None, model_name=f"{name}.{tag}",
+        datasets=[hub_id(data)] if hub_id(data) else None, model_name=f"{name}.{tag}",
         eval_results=results or None)
 
     def command(key: str) -> str:
-        for prefix, cmd in commands.items():
-            if key.startswith(prefix) or prefix in key:
+        for word, cmd in commands.items():
+            if word in key:
                 return f"`{cmd}`"
-        return "(command not recorded)"
+        return "(not recorded)"
 
     lines = [f"# {name}.{tag}", ""]
     ours = " (a pairing no paper ran: ours)" if entry.ours else ""
@@ -168,19 +201,21 @@ def model_card(*, name: str, tag: str, entry, cfg: dict, num_features: int, hf_h
               "import timm", "model = timm.create_model(\"local-dir:PATH/TO/THIS/FOLDER\", pretrained=True)",
               f"model = timm.create_model(\"hf-hub:{hf_hub_id}\", pretrained=True)", "```", ""]
     lines += ["## Results", "", PROTOCOL, ""]
-    if flat:
-        lines += ["| metric | value | command |", "| --- | --- | --- |"]
+    if own or baselines:
+        lines += ["| metric | value | command (to re-measure) |", "| --- | --- | --- |"]
         lines += [f"| {_label(k)} | {v:.4g} | {command(k)} |" for k, v in own.items()]
-        lines += [f"| {_label(k)} (baseline, same run) | {v:.4g} | {command(k)} |"
-                  for k, v in flat.items() if k not in own]
+        lines += [f"| {_label(k)} (baseline, same run) | {v:.4g} | {command(k)} |" for k, v in baselines.items()]
     else:
         lines += ["No metrics were recorded for this weight."]
+    if notes:
+        lines += ["", "Protocols as run:", ""] + [f"- {k}: {v}" for k, v in notes.items()]
     lines += ["", "## Exported network", "", f"This file holds {exported}. Stored as {dtype}.", ""]
     lines += ["## Training", "", f"- Method: {entry.method}"
               + (f", objective {recipe['objective']}" if recipe.get("objective") else "")
               + f"; pretrainer `{recipe.get('model', name)}`.",
               f"- Code commit: `{commit or 'not recorded'}`."]
     lines += [f"- {k}: {v}" for k, v in facts.items()]
+    lines += [f"- pretrain {k}: {v}" for k, v in _flat(metrics.get("pretrain") or {}).items()]
     lines += ["", "Recipe (`recipe.yaml`, retrain with `accelerate launch train/pretrain.py --recipe recipe.yaml`):",
               "", "```yaml", yaml.safe_dump(_jsonable(recipe), sort_keys=False).rstrip(), "```", ""]
     lines += ["## Files", "", "| file | SHA-256 |", "| --- | --- |"]
@@ -204,8 +239,10 @@ def publish(backbone: nn.Module, out_dir: str | os.PathLike, name: str, tag: str
         `timm.create_model(timm_arch, num_classes=0, **model_args)` of `name` exactly.
     masker: the learned masker (`pretrainer.masker`) to ship beside it, or None.
     dtype: "float16" (or a torch dtype) to store floating tensors in half precision; None keeps them.
-    recipe / metrics / commit / facts (wall-clock, machine, ...) / commands (metric prefix ->
-        command that measured it): the card facts. mean / std / image_size default to the recipe's.
+    recipe / metrics / commit / facts (wall-clock, machine, ...) / commands (a word of the metric
+        keys, e.g. "knn", -> the command that measures them): the card facts. metrics is the run's
+        metrics.json: flat "data/metric" keys from the eval scripts (baselines under "untrained" /
+        "raw_pixels" / "..._random"), protocol strings, and a `pretrain` block of training facts. mean / std / image_size default to the recipe's.
     """
     entry = METHODS.get(name)
     if entry is None:
