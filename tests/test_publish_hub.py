@@ -208,18 +208,17 @@ def hub(rel):
                         PYTHONPATH=str(REPO), ZOO_WEIGHTS_DIR=str(root / "no_weights_here"),
                         ZOO_RELEASED=str(table_path))
         key = f"{rel['name']}.{TAG}"
-        entry = dict(table[key], hf_hub_id=repo_id)
-        (root / "hub_table.json").write_text(json.dumps({key: entry}))
+        (root / "hub_table.json").write_text(json.dumps({key: table[key]}))    # hf_hub_id: the default org
         out = run_py(f"""
-            import json, os, torch, zoo
+            import runpy, sys, torch, zoo
             from pathlib import Path
             from safetensors.torch import load_file
-            from zoo import publish, weights
+            from zoo import weights
             io = load_file({str(rel['io'])!r})
-            oid = publish.push({str(rel['folder'])!r}, {repo_id!r})
-            e = weights.load_table()
-            e[{key!r}]["revision"] = oid
-            publish.update_table(e[{key!r}])
+            sys.argv = ["publish.py", {str(rel['folder'])!r}, "--push", {repo_id!r}]   # push a published folder
+            runpy.run_path({str(REPO / "train" / "publish.py")!r}, run_name="__main__")
+            oid = weights.load_table()[{key!r}]["revision"]
+            assert weights.load_table()[{key!r}]["hf_hub_id"] == {repo_id!r}
             for source in ({key!r}, "hf-hub:{repo_id}"):
                 model = zoo.create_model(source, pretrained=True).eval()
                 with torch.no_grad():
@@ -275,7 +274,7 @@ def test_vanilla_timm_local_dir_and_hf_hub(rel, hub):
 # ------------------------------------------------------------------------------------------------
 # train/publish.py
 
-def test_train_publish_cli(env, tmp_path):
+def test_train_publish_cli(env, tmp_path, monkeypatch):
     name = env["name"]
     pretrainer = zoo.create_pretrainer(name).eval()
     run = tmp_path / "run"
@@ -300,3 +299,10 @@ def test_train_publish_cli(env, tmp_path):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in ref.items())
     card = (tmp_path / "w" / f"{name}.scenes" / "README.md").read_text()
     assert "machine: test box" in card and "feedbeef" in card and "pretrain wall_clock_s: 12.5" in card
+    pushed = []
+    monkeypatch.setattr(zpub, "push", lambda folder, repo, private=False: pushed.append((folder, repo)) or "c0ffee")
+    entry = cli.main([str(run), "--tag", "scenes", "--out", str(tmp_path / "w2"), "--table", str(table),
+                      "--push", "org/x.scenes", "--default"])
+    assert pushed == [(tmp_path / "w2", "org/x.scenes")]
+    assert weights.load_table(table)[f"{name}.scenes"]["revision"] == "c0ffee"
+    assert entry["hf_hub_id"] == "org/x.scenes" and "hf-hub:org/x.scenes" in (tmp_path / "w2" / "README.md").read_text()

@@ -2,12 +2,14 @@
 
     python train/publish.py runs/adios_resnet18 --tag simclr_fmnist --dtype float16
     python train/publish.py runs/adios_resnet18 --tag simclr_fmnist --push my-org/adios_resnet18.simclr_fmnist
+    python train/publish.py weights/adios_resnet18.simclr_fmnist --push my-org/adios_resnet18.simclr_fmnist
 
 Reads the run directory through zoo.runs (recipe.yaml, pretrainer.safetensors, metrics.json),
 exports `pretrainer.exported_backbone()` (and the learned masker, if the method has one), writes
 the Hub-layout folder with zoo.publish.publish and adds the release to the table. `--push` uploads
 the folder with huggingface_hub to whatever endpoint is configured (HF_ENDPOINT, a token from
-`hf auth login` or HF_TOKEN) and records the Hub commit in the table. Nothing is pushed otherwise.
+`hf auth login` or HF_TOKEN) and records the Hub repo and commit in the table. Given an already
+published folder instead of a run, `--push` uploads it as it is. Nothing is pushed otherwise.
 """
 from __future__ import annotations
 
@@ -53,8 +55,9 @@ def has_learned_masker(pretrainer) -> bool:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("run_dir", type=Path, help="a finished run directory (recipe.yaml, pretrainer.safetensors)")
-    ap.add_argument("--tag", required=True, help="release tag: {objective}_{data} or {data}, e.g. simclr_fmnist")
+    ap.add_argument("run_dir", type=Path, help="a finished run directory (recipe.yaml, pretrainer.safetensors), "
+                    "or a published folder to --push as it is")
+    ap.add_argument("--tag", help="release tag: {objective}_{data} or {data}, e.g. simclr_fmnist")
     ap.add_argument("--name", help="zoo name (default: the recipe's model)")
     ap.add_argument("--out", type=Path, help="folder to write (default: <repo>/weights/<name>.<tag>)")
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
@@ -68,6 +71,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--fact", action="append", default=[], metavar="KEY=VALUE",
                     help="extra card fact, e.g. machine='2-core EPYC'; repeatable")
     args = ap.parse_args(argv)
+    if (args.run_dir / "config.json").is_file() and not (args.run_dir / "pretrainer.safetensors").is_file():
+        return push_folder(ap, args)          # a published folder, not a run
+    if not args.tag:
+        ap.error("--tag is required to publish a run")
 
     pretrainer, recipe = load_pretrainer(args.run_dir)
     metrics = load_metrics(args.run_dir)
@@ -99,6 +106,28 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_table:
         path = zpub.update_table(entry, args.table or weights.table_path(), default=args.default)
         print(f"updated {path}: {entry['name']}.{entry['tag']}")
+    return entry
+
+
+def push_folder(ap, args) -> dict:
+    """Upload an already published folder; point its table entry (if any) at the pushed commit."""
+    if not args.push:
+        ap.error(f"{args.run_dir} is a published folder, not a run: give --push ORG/NAME to upload it")
+    import json
+    block = json.loads((args.run_dir / "config.json").read_text()).get("zoo") or {}
+    revision = zpub.push(args.run_dir, args.push, private=args.private)
+    print(f"pushed {args.run_dir} to {args.push} at commit {revision}")
+    table_path = args.table or weights.table_path()
+    key = f"{block.get('name')}.{block.get('tag')}"
+    entry = weights.load_table(table_path).get(key)
+    if entry is None or args.no_table:
+        return {"hf_hub_id": args.push, "revision": revision}
+    if entry["files"].get("config.json") != weights.sha256_file(args.run_dir / "config.json"):
+        raise SystemExit(f"{args.run_dir} is not the folder the table records for {key} (config.json differs): "
+                         "the table is left as it was.")
+    entry.update(hf_hub_id=args.push, revision=revision)
+    zpub.update_table(entry, table_path)
+    print(f"updated {table_path}: {key} -> {args.push}@{revision}")
     return entry
 
 

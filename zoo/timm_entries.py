@@ -87,7 +87,7 @@ def sync(table: dict | None = None) -> None:
         if name in _shadowed:
             continue
         owner = _timm_registry._model_to_module.get(name)
-        if name not in _registered and owner is not None:
+        if name not in _registered and owner not in (None, __name__.rsplit(".", 1)[-1]):
             warnings.warn(f"timm already has a model named {name!r} (module {owner}); the zoo model of "
                           "that name is reachable through zoo.create_model only.", stacklevel=2)
             _shadowed.add(name)
