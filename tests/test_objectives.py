@@ -310,10 +310,11 @@ def test_sincos_table_is_maes(grid, dim):
                                atol=1e-5, rtol=0)
 
 
-def _mae(norm_pix=True):
+@pytest.fixture(scope="module")
+def vit_mae():
     torch.manual_seed(0)
     vit = bb.create_backbone("vit_tiny_patch4_32")
-    return vit, MAE(vit, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2, norm_pix_loss=norm_pix)
+    return vit, MAE(vit, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
 
 
 def _mae_mask(b=2, seed=0):
@@ -341,8 +342,9 @@ def _loss_by_patch(x, pred, hidden, norm_pix):
 
 
 @pytest.mark.parametrize("norm_pix", [True, False])
-def test_mae_loss_on_hidden_patches_only(norm_pix, monkeypatch):
-    vit, mae = _mae(norm_pix)
+def test_mae_loss_on_hidden_patches_only(norm_pix, monkeypatch, vit_mae):
+    vit, mae = vit_mae
+    monkeypatch.setattr(mae, "norm_pix_loss", norm_pix)
     x = torch.randn(2, 3, 32, 32) * 2 + 1
     hidden = _mae_mask()
     pred = torch.randn(2, 64, 48)
@@ -359,15 +361,16 @@ def test_mae_loss_on_hidden_patches_only(norm_pix, monkeypatch):
     assert mae(vit, [x], [hidden]).item() != pytest.approx(loss.item(), rel=1e-3)
 
 
-def test_mae_encoder_sees_only_visible_tokens():
-    vit, mae = _mae()
+def test_mae_encoder_sees_only_visible_tokens(monkeypatch, vit_mae):
+    vit, mae = vit_mae
     x, hidden = torch.randn(2, 3, 32, 32), _mae_mask()
     seen = []
-    vit.blocks[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
+    hook = vit.blocks[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape))
     captured = []
     decode = mae.decode
-    mae.decode = lambda *a: captured.append(decode(*a)) or captured[-1]
+    monkeypatch.setattr(mae, "decode", lambda *a: captured.append(decode(*a)) or captured[-1])
     mae(vit, [x], [hidden])
+    hook.remove()
     assert seen[0] == (2, 1 + 16, 192)                        # CLS + 16 visible tokens, no mask tokens
     cells = hidden.repeat_interleave(4, -1).repeat_interleave(4, -2)[:, 0]   # (B, 32, 32)
     x2 = torch.where(cells[:, None], torch.randn_like(x) * 9, x)             # change hidden pixels only
@@ -375,8 +378,8 @@ def test_mae_encoder_sees_only_visible_tokens():
     torch.testing.assert_close(captured[0], captured[1])      # the prediction cannot see them
 
 
-def test_mae_gate_path_and_init():
-    vit, mae = _mae()
+def test_mae_gate_path_and_init(vit_mae):
+    vit, mae = vit_mae
     x, hidden = torch.randn(2, 3, 32, 32), _mae_mask()
     gate = torch.full((2, 64), 0.7, requires_grad=True)
     plain = mae(vit, [x], [hidden])
