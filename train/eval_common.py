@@ -81,19 +81,37 @@ class _Head(IterableDataset):
         return itertools.islice(iter(self.ds), self.n)
 
 
-def datasets(args, data: str, image_size: int, train_transform=None):
-    """(train, test) datasets with the eval transform (train_transform overrides the train one)."""
+def normalisation(args, data: str) -> tuple:
+    """(mean, std): the run's recipe values when it set them and evaluates on its own data, else
+    the dataset's statistics."""
+    recipe = recipe_of(args.source)
     stats = dataset_stats(data)
-    test_tf = eval_transform(image_size, stats["mean"], stats["std"])
-    kw = {"strict": True} if args.strict_data and (data == "imagefolder" or data.startswith("hf:")) else {}
+    if recipe.get("data") == data and recipe.get("mean") is not None:
+        return tuple(recipe["mean"]), tuple(recipe["std"])
+    return stats["mean"], stats["std"]
+
+
+def datasets(args, data: str, image_size: int, train_transform=None):
+    """(train, test) datasets with the eval transform (train_transform overrides the train one).
+
+    For a run evaluated on its own data, the recipe's data_root and data_args (but `length`, a
+    pretraining subset) are used too: the same images, e.g. Fashion-MNIST's `fit`.
+    """
+    recipe = recipe_of(args.source)
+    own = recipe.get("data") == data
+    root = args.root or (recipe.get("data_root") if own else None)
+    kw = {k: v for k, v in (recipe.get("data_args") or {}).items() if k != "length"} if own else {}
+    test_tf = eval_transform(image_size, *normalisation(args, data))
+    if args.strict_data and (data == "imagefolder" or data.startswith("hf:")):
+        kw["strict"] = True
     if data == "scenes":  # scenes are drawn lazily: a limit is just a shorter dataset
         train = build_dataset(data, "train", image_size=image_size, transform=train_transform or test_tf,
-                              **({"length": args.limit_train} if args.limit_train else {}))
+                              **kw, **({"length": args.limit_train} if args.limit_train else {}))
         test = build_dataset(data, "test", image_size=image_size, transform=test_tf,
-                             **({"length": args.limit_test} if args.limit_test else {}))
+                             **kw, **({"length": args.limit_test} if args.limit_test else {}))
         return train, test
-    train = build_dataset(data, "train", args.root, image_size, train_transform or test_tf, **kw)
-    test = build_dataset(data, "test", args.root, image_size, test_tf, **kw)
+    train = build_dataset(data, "train", root, image_size, train_transform or test_tf, **kw)
+    test = build_dataset(data, "test", root, image_size, test_tf, **kw)
     return _limit(train, args.limit_train), _limit(test, args.limit_test)
 
 

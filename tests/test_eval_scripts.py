@@ -1,0 +1,94 @@
+"""train/knn.py, linear.py, finetune.py, maskscore.py on tiny data: they run and write metrics."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import zoo
+from zoo.runs import save_pretrainer, update_metrics
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+import finetune  # noqa: E402
+import knn  # noqa: E402
+import linear  # noqa: E402
+import maskscore  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run directory as train/pretrain.py leaves it (an untrained SimCLR ResNet-18 on scenes)."""
+    d = tmp_path_factory.mktemp("run")
+    save_pretrainer(d, zoo.create_pretrainer("simclr_resnet18"),
+                    {"model": "simclr_resnet18", "objective": None, "model_args": {},
+                     "data": "scenes", "image_size": 32})
+    update_metrics(d, {"kept": 1})
+    return d
+
+
+def test_knn_raw_pixels_to_out_dir(tmp_path):
+    m = knn.main(["raw-pixels", "--data", "scenes", "--limit-train", "200", "--limit-test", "50",
+                  "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved == m and set(m) == {"scenes/raw_pixels/knn_top1_k20", "scenes/raw_pixels/knn_top1_k200",
+                                     "scenes/raw_pixels/knn_protocol"}
+    assert 0 <= m["scenes/raw_pixels/knn_top1_k20"] <= 100 and "train=200" in m["scenes/raw_pixels/knn_protocol"]
+
+
+def test_knn_run_dir_with_baselines_merges_metrics(run_dir):
+    m = knn.main([str(run_dir), "--limit-train", "100", "--limit-test", "40", "--baselines"])
+    for prefix in ("scenes", "scenes/untrained", "scenes/raw_pixels"):
+        assert f"{prefix}/knn_top1_k20" in m
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["kept"] == 1 and saved["scenes/knn_top1_k200"] == m["scenes/knn_top1_k200"]
+
+
+def test_linear_run_dir(run_dir):
+    m = linear.main([str(run_dir), "--limit-train", "100", "--limit-test", "40", "--epochs", "2"])
+    assert 0 <= m["scenes/linear_top1"] <= 100 and "2 epochs" in m["scenes/linear_protocol"]
+
+
+def test_finetune_run_dir(run_dir, tmp_path):
+    m = finetune.main([str(run_dir), "--limit-train", "64", "--limit-test", "32", "--epochs", "1",
+                       "--batch-size", "32", "--out", str(tmp_path)])
+    assert 0 <= m["scenes/finetune_top1"] <= 100
+    assert json.loads((tmp_path / "metrics.json").read_text()) == m
+
+
+def test_maskscore_run_dir(tmp_path):
+    d = tmp_path / "adios"
+    args = {"img_size": 32, "num_masks": 3}
+    save_pretrainer(d, zoo.create_pretrainer("adios_resnet18", **args),
+                    {"model": "adios_resnet18", "objective": "simclr", "model_args": args,
+                     "data": "scenes", "image_size": 32})
+    m = maskscore.main([str(d), "--n", "16", "--batch-size", "8"])
+    assert m["scenes/mask_k"] == 3 and m["scenes/mask_images"] == 16
+    assert all(0 <= m[f"scenes/mask_score{s}"] <= 1 for s in ("", "_random", "_block"))
+
+
+def test_maskscore_needs_a_masker(run_dir):
+    with pytest.raises(SystemExit):
+        maskscore.main([str(run_dir), "--n", "4"])
+
+
+def test_knn_reports_unreadable_images(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tmp_path / "img" / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+                    tmp_path / "img" / split / cls / f"{i}.png")
+    (tmp_path / "img" / "test" / "b" / "bad.png").write_bytes(b"\x89PNG broken")
+    m = knn.main(["raw-pixels", "--data", "imagefolder", "--root", str(tmp_path / "img"),
+                  "--image-size", "16"])
+    assert "test=8" in m["imagefolder/raw_pixels/knn_protocol"]
+    assert "1 unreadable image(s) skipped" in capsys.readouterr().out
+    with pytest.raises(Exception, match="bad.png"):
+        knn.main(["raw-pixels", "--data", "imagefolder", "--root", str(tmp_path / "img"),
+                  "--image-size", "16", "--strict-data"])
