@@ -18,10 +18,17 @@ Reference: hyperea/automae (`models_mae.py`, `engine_pretrain.py`), a modificati
   L_rec + 0.2 * MSE(D(y), 1). The generator *minimises* the reconstruction loss with the MAE.
 
 Example:
-    >>> import torch, zoo
-    >>> p = zoo.create_pretrainer("automae_vit_tiny_patch4_32")   # doctest: +SKIP
+    >>> import torch, warnings, zoo
+    >>> with warnings.catch_warnings():
+    ...     warnings.simplefilter("ignore")      # attention_source=None: random source, tests only
+    ...     p = zoo.create_pretrainer("automae_vit_tiny_patch4_32", decoder_depth=2)
     >>> x = [torch.randn(2, 3, 32, 32)]
-    >>> p(x, phase="discriminator").backward(); p(x, phase="encoder").backward()  # doctest: +SKIP
+    >>> p(x, phase="discriminator").backward()  # step the "discriminator" optimizer
+    >>> p(x, phase="encoder").backward()        # step the "encoder" optimizer (MAE + generator)
+    >>> p.masker(x[0]).shape                    # the generator's masks, True = hidden (48 of 64)
+    torch.Size([2, 1, 8, 8])
+    >>> real = zoo.create_pretrainer("automae_vit_tiny_patch4_32",
+    ...                              attention_source="mae_vit_tiny_patch4_32")  # doctest: +SKIP
 
 Deviations and scale choices:
 - Small patch grids (ours; the reference is ViT-B/16 at 224 px, a 14 x 14 grid). The
@@ -42,6 +49,9 @@ Deviations and scale choices:
   `zoo.create_model(name, pretrained=True)`.
 - The discriminator runs in fp32 (autocast disabled inside it), as the reference's D step does;
   the Gumbel sampling and top-k run in fp32 too.
+- Optimizers and schedules belong to the recipe: the reference steps MAE + generator with AdamW
+  (0.9, 0.95), wd 0.05, and the discriminator with Adam (0.9, 0.95) without weight decay, both on
+  the same per-iteration warmup-cosine schedule.
 - Spectral norm uses torch's parametrization API (state-dict keys `parametrizations.weight.*`),
   one power iteration per training-mode forward, as the reference's hook-based version.
 """
