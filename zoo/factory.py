@@ -144,7 +144,8 @@ def read_folder_config(folder: str | os.PathLike) -> dict:
     """config.json of a published folder (timm's layout plus the `zoo` block)."""
     path = Path(folder) / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{folder} is not a published model folder: it has no config.json.")
+        raise FileNotFoundError(f"{folder} is not a published model folder: it has no config.json "
+                                "(a Hub repo is named 'hf-hub:ORG/NAME').")
     return json.loads(path.read_text())
 
 
