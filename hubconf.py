@@ -38,7 +38,8 @@ def _doc(name: str, table: dict) -> str:
               "    pretrained: load the released, SHA-256-checked weights (default: True when released).",
               "    **kwargs: timm kwargs, e.g. num_classes=10 (fresh head), features_only=True.",
               "", "Example:",
-              f"    model = torch.hub.load(REPO, \"{name}\", source=\"local\"{', tag=' + repr(releases[0]['tag']) if releases else ''})"]
+              f"    model = torch.hub.load(REPO, \"{name}\", source=\"local\""
+              f"{', tag=' + repr(releases[0]['tag']) if releases else ''})"]
     return "\n".join(lines)
 
 

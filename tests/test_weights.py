@@ -91,9 +91,11 @@ def test_bare_name_is_default_tag_and_tags_differ(env):
 
 
 def test_untrained_is_not_released(env):
-    model = zoo.create_model(f"{RESNET}.t1", pretrained=False)
-    assert model.pretrained_cfg["tag"] == "t1"      # the tag's data config, random weights
-    assert not same_weights(model, env["p_" + RESNET])
+    for name in (f"{RESNET}.t2", RESNET):
+        model = zoo.create_model(name, pretrained=False)
+        assert model.pretrained_cfg["tag"] == (name.partition(".")[2] or "t1")   # the tag's data config ...
+        assert model.pretrained_cfg["mean"] == (0.5, 0.5, 0.5)
+        assert not same_weights(model, env["p_" + RESNET])                       # ... and random weights
 
 
 def test_list_models_and_pretrained(env):

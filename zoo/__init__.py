@@ -5,6 +5,8 @@ from zoo.factory import create_masker, create_model, list_models, list_pretraine
 from zoo.weights import ZooWeightsError
 
 __version__ = "0.1.0"
+__all__ = ["create_model", "create_masker", "create_pretrainer", "list_methods", "list_models",
+           "list_pretrained", "ZooWeightsError"]
 
 # Last, once every method module has registered: make each name a timm model too. Methods that
 # register later are picked up by the next zoo.create_model / list_models / list_pretrained call.

@@ -110,6 +110,9 @@ def build(name: str, tag: str | None, pretrained: bool, cache_dir=None, pretrain
 
     The one path behind `create_model`, timm's registered entrypoints and `hubconf.py`.
     """
+    if kwargs.pop("pretrained_cfg", None) is not None:
+        raise ValueError(f"{name}: zoo models take a tag ('{name}.<tag>'), not a pretrained_cfg; to load a file "
+                         "of your own use timm.create_model(<timm arch>, pretrained_cfg=...).")
     table = weights.load_table()
     entry = _entry(name, table)
     release = None
@@ -121,6 +124,8 @@ def build(name: str, tag: str | None, pretrained: bool, cache_dir=None, pretrain
                 raise
             raise weights.UnknownModelError(f"{name}.{tag}", weights.suggest(
                 f"{name}.{tag}", [k for k, e in table.items() if e["name"] == name] or list(table))) from None
+    elif weights.released_tags(name, table):      # untrained, but with the default tag's data config (timm's rule)
+        release = weights.find_release(name, None, table)
     if release is not None:
         cfg = weights.cfg_for_timm(release[1]["pretrained_cfg"])
     else:

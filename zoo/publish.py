@@ -193,10 +193,10 @@ def model_card(*, name: str, tag: str, entry, cfg: dict, num_features: int, hf_h
               f"`{data}` by the zoo. It is a plain timm model: headless, {num_features} features per image, "
               f"input {tuple(cfg['input_size'])}, mean {tuple(cfg['mean'])}, std {tuple(cfg['std'])}.", ""]
     lines += ["## Use", "", "```python", "import zoo",
-              f"model = zoo.create_model(\"{name}.{tag}\", pretrained=True)              # (B, {num_features}) features",
-              f"model = zoo.create_model(\"{name}.{tag}\", pretrained=True, num_classes=10)  # fresh head to fine-tune"]
+              f"model = zoo.create_model(\"{name}.{tag}\", pretrained=True)   # (B, {num_features}) features",
+              f"model = zoo.create_model(\"{name}.{tag}\", pretrained=True, num_classes=10)  # a fresh head"]
     if has_masker:
-        lines += [f"masker = zoo.create_masker(\"{name}.{tag}\")   # the learned masker: masker(images) -> (B, K, h, w)"]
+        lines += [f"masker = zoo.create_masker(\"{name}.{tag}\")   # learned masker: masker(x) -> (B, K, h, w)"]
     lines += ["", "# without the zoo: vanilla timm, from this folder or from the Hub",
               "import timm", "model = timm.create_model(\"local-dir:PATH/TO/THIS/FOLDER\", pretrained=True)",
               f"model = timm.create_model(\"hf-hub:{hf_hub_id}\", pretrained=True)", "```", ""]
@@ -242,7 +242,8 @@ def publish(backbone: nn.Module, out_dir: str | os.PathLike, name: str, tag: str
     recipe / metrics / commit / facts (wall-clock, machine, ...) / commands (a word of the metric
         keys, e.g. "knn", -> the command that measures them): the card facts. metrics is the run's
         metrics.json: flat "data/metric" keys from the eval scripts (baselines under "untrained" /
-        "raw_pixels" / "..._random"), protocol strings, and a `pretrain` block of training facts. mean / std / image_size default to the recipe's.
+        "raw_pixels" / "..._random"), protocol strings, and a `pretrain` block of training facts.
+    mean / std / image_size default to the recipe's.
     """
     entry = METHODS.get(name)
     if entry is None:
