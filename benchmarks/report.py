@@ -1,0 +1,184 @@
+"""Results JSON -> markdown tables (and BENCHMARKS.md). No number is typed by hand: every figure
+in BENCHMARKS.md comes from a results file written by `python -m benchmarks.run`.
+
+    python -m benchmarks.report benchmarks/results.json                    # print the tables
+    python -m benchmarks.report benchmarks/results.json --before benchmarks/results_before.json \\
+        --write BENCHMARKS.md                                              # regenerate the page
+
+Example:
+    >>> from benchmarks.report import render
+    >>> "Machine" in render({"runs": [{"machine_line": "x", "command": "c", "started": "t"}]})
+    True
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _f(x, fmt="{:.2f}"):
+    return "-" if x is None else fmt.format(x)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _data(results: dict, name: str):
+    sec = results.get(name)
+    return (sec or {}).get("data"), sec
+
+
+def _section_note(results: dict, sec: dict) -> str:
+    run = results["runs"][sec["run"]]
+    return (f"_Run {sec['run']}: `{run['command']}` ({run['started']}, {sec['seconds']:.0f} s; "
+            f"load average before/after {sec['load_before'][0]:.2f}/{sec['load_after'][0]:.2f})._")
+
+
+def peak_table(d: dict) -> str:
+    rows = [[p, r["n"], _f(r["gflops"], "{:.1f}"), _f(r["spread"], "{:.1%}")] for p, r in d.items()]
+    return _table(["precision", "matmul n x n", "GFLOP/s (median)", "spread"], rows)
+
+
+def pretrainer_table(d: dict) -> str:
+    rows = []
+    for key, r in d.items():
+        if "error" in r:
+            rows.append([r.get("case", key), r.get("precision", ""), "error: " + r["error"][:80]] + [""] * 7)
+            continue
+        phases = ", ".join(f"{p} {s:.3f}" for p, s in r["phase_s"].items()) if len(r["phase_s"]) > 1 else ""
+        rows.append([r["case"], r["precision"], r["batch"], _f(r["images_per_s"], "{:.1f}"),
+                     _f(r["step_s"], "{:.3f}") + (f" ({phases})" if phases else ""),
+                     _f(r["flops_per_step"] / 1e9, "{:.1f}"), _f(r["achieved_gflops"], "{:.1f}"),
+                     _f(r.get("mfu"), "{:.1%}"), _f(r["peak_mem_mb"], "{:.0f}"), r.get("optimizer", "")])
+    return _table(["pretrainer[:objective]", "precision", "batch", "images/s", "step s (per phase)",
+                   "GFLOP/step", "GFLOP/s", "MFU", "peak mem MiB", "optimizer"], rows)
+
+
+def versus_table(d: dict) -> str:
+    rows = []
+    for m, r in d.items():
+        if "error" in r:
+            rows.append([m, "error: " + r["error"][:80]] + [""] * 8)
+            continue
+        s = r["step_s"]
+        rows.append([f"{m} ({r['arch']})", r["batch"],
+                     f"{r['loss_ours']:.6f} / {r['loss_theirs_mapped']:.6f}",
+                     f"{r['loss_rel_diff']:.1e} / {r['grad_rel_diff']:.1e}",
+                     f"{s['ours_fp32']:.3f} / {s['theirs_fp32']:.3f}", _f(r["ratio_fp32"]),
+                     f"{s['ours_bf16']:.3f} / {s['theirs_bf16']:.3f}", _f(r["ratio_bf16"]),
+                     _f(r["speedup_default"]) + "x"])
+    return _table(["method", "batch", "loss ours / lightly (mapped)", "rel. diff loss / grad",
+                   "step s fp32 ours / lightly", "ratio fp32 (<= 1.05)",
+                   "step s bf16+CL ours / lightly", "ratio bf16 (<= 1.05)",
+                   "ours bf16+CL vs lightly fp32 (>= 1.5x)"], rows)
+
+
+def masking_tables(d: dict) -> str:
+    rows = []
+    for key, r in d.get("batched_vs_loop", {}).items():
+        if "error" in r:
+            rows.append([key, "error: " + r["error"][:80], "", "", ""])
+            continue
+        rows.append([f"{r['arch']}, K = {r['K']} ({r['kind']})", r["precision"], r["batch"],
+                     f"{r['seconds']['batched']:.3f} / {r['seconds']['loop']:.3f}", _f(r["speedup"]) + "x"])
+    out = _table(["encoder, masks", "precision", "batch", "fwd+bwd s batched / loop", "loop / batched"], rows)
+    ratios = d.get("ratios") or {}
+    if ratios:
+        out += "\n\n" + _table(["cost ratio", "precision", "step time ratio (per image)", "FLOPs ratio"],
+                               [[k, r["precision"], _f(r["step_ratio"]), _f(r["flops_ratio"])]
+                                for k, r in ratios.items()])
+    return out
+
+
+def loading_table(d: dict) -> str:
+    rows = [[k, _f(r["import_s"], "{:.2f}"), _f(r["cold_s"], "{:.3f}"), _f(r["warm_s"], "{:.3f}")]
+            for k, r in d["loaders"].items()]
+    return (_table(["loader", "import s", "cold call s", "warm call s (median)"], rows)
+            + f"\n\nWeight: {d['source']}, {d['file_mb']:.1f} MiB; zoo / vanilla timm: cold "
+              f"{d['cold_ratio']:.2f}x, warm {d['warm_ratio']:.2f}x (vs timm + sha256: "
+              f"{d['warm_ratio_vs_sha']:.2f}x).")
+
+
+def quality_table(d: dict) -> str:
+    if "skipped" in d:
+        return f"Skipped: {d['skipped']}"
+    rows = []
+    for key, r in d["runs"].items():
+        k = r["knn"]
+        rows.append([key, r.get("precision", "-"), r.get("steps", "-"), r.get("images", "-"),
+                     _f(r.get("images_per_s"), "{:.1f}"), _f(k.get("knn_top1_k20", k.get(20))),
+                     _f(k.get("knn_top1_k200", k.get(200)))])
+    return (_table(["run", "precision", "steps", "images", "images/s", "kNN top-1 k=20", "kNN top-1 k=200"], rows)
+            + f"\n\nBudget: {d['minutes']} min of training-step time per run, batch {d['batch']}; kNN on "
+              f"{d['knn_train']} train / {d['knn_test']} test images.")
+
+
+def before_after(before: dict, after: dict) -> str:
+    """Ratios from an earlier results file next to the current ones (the gap-closing record)."""
+    b, a = (before.get("versus") or {}).get("data") or {}, (after.get("versus") or {}).get("data") or {}
+    rows = []
+    for m in a:
+        if m in b and "ratio_fp32" in a[m] and "ratio_fp32" in b[m]:
+            rows.append([m, _f(b[m]["ratio_fp32"]), _f(a[m]["ratio_fp32"]), _f(b[m]["ratio_bf16"]),
+                         _f(a[m]["ratio_bf16"]), _f(b[m]["speedup_default"]) + "x",
+                         _f(a[m]["speedup_default"]) + "x"])
+    bm = ((before.get("masking") or {}).get("data") or {}).get("batched_vs_loop", {})
+    am = ((after.get("masking") or {}).get("data") or {}).get("batched_vs_loop", {})
+    for k in am:
+        if k in bm and "speedup" in am[k] and "speedup" in bm[k]:
+            rows.append([f"K-mask loop / batched: {k}", "", "", "", "", _f(bm[k]["speedup"]) + "x",
+                         _f(am[k]["speedup"]) + "x"])
+    return _table(["method", "fp32 ratio before", "after", "bf16 ratio before", "after",
+                   "speedup before", "after"], rows)
+
+
+def render(results: dict, before: dict | None = None) -> str:
+    parts = []
+    runs = results.get("runs") or []
+    if runs:
+        parts.append("## Machine\n\n" + "\n".join(f"- run {i}: {r['machine_line']} (`{r['command']}`, {r['started']})"
+                                                  for i, r in enumerate(runs)))
+    for name, title, fn in (("peak", "Machine limit: matmul", peak_table),
+                            ("pretrainers", "Every pretrainer at CPU scale", pretrainer_table),
+                            ("versus", "Ours vs lightly (same backbone, heads, batch, inputs)", versus_table),
+                            ("masking", "What masking costs", masking_tables),
+                            ("loading", "create_model latency", loading_table),
+                            ("quality", "Quality at a fixed budget (Fashion-MNIST kNN)", quality_table)):
+        d, sec = _data(results, name)
+        if d is None:
+            continue
+        body = f"Error: {d['error']}" if isinstance(d, dict) and set(d) == {"error"} else fn(d)
+        parts.append(f"## {title}\n\n{body}\n\n{_section_note(results, sec)}")
+    if before:
+        parts.append("## Before / after closing the gaps\n\n" + before_after(before, results))
+    return "\n\n".join(parts) + "\n"
+
+
+PREAMBLE = Path(__file__).with_name("BENCHMARKS_PREAMBLE.md")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("results", nargs="?", default=str(ROOT / "benchmarks" / "results.json"))
+    ap.add_argument("--before", default=None, help="an earlier results file for the before/after table")
+    ap.add_argument("--write", default=None, help="write the page (preamble + tables) to this path")
+    a = ap.parse_args(argv)
+    results = json.loads(Path(a.results).read_text())
+    before = json.loads(Path(a.before).read_text()) if a.before else None
+    text = render(results, before)
+    if a.write:
+        from zoo.runs import atomic_write
+        cmd = "python -m benchmarks.report " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+        page = PREAMBLE.read_text() + f"\n<!-- generated by `{cmd}`; do not edit the tables by hand -->\n\n" + text
+        atomic_write(a.write, page)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Keeps the benchmark suite alive: FLOP counting against hand counts, one tiny harness run with
+its JSON schema, the lightly peer's losses against ours, and the report renderer."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # benchmarks/ is not installed
+
+from benchmarks.common import count_flops  # noqa: E402
+
+
+def _small_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.Flatten(), nn.Linear(5 * 6 * 6, 4))
+
+
+def test_flop_count_matches_hand_count():
+    m, x = _small_model(), torch.randn(2, 3, 6, 6)
+    conv = 2 * (2 * 5 * 6 * 6) * (3 * 3 * 3)     # 2 * output elements * (C_in * k * k) = 19440
+    lin = 2 * 2 * 180 * 4                          # 2 * B * in * out = 2880
+    assert count_flops(lambda: m(x)) == conv + lin
+    # backward: the Linear computes grad_input and grad_weight; the Conv only grad_weight, since
+    # the images need no gradient
+    assert count_flops(lambda: m(x).sum().backward()) == 2 * conv + 3 * lin
+    xg = x.clone().requires_grad_()
+    assert count_flops(lambda: m(xg).sum().backward()) == 3 * conv + 3 * lin
+
+
+def test_flop_count_excludes_dropped_tokens():
+    """Token dropping halves a ViT block's token work: the counter only sees what runs."""
+    from zoo.backbones import create_backbone, encode
+    vit = create_backbone("vit_tiny_patch4_32").eval()
+    x = torch.randn(1, 3, 32, 32)
+    hide = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
+    hide[..., :4, :] = True                                       # 32 of 64 tokens dropped
+    full, half = count_flops(lambda: encode(vit, x)), count_flops(lambda: encode(vit, x, hide))
+    assert 0.4 < half / full < 0.6
+
+
+def test_quick_harness_writes_schema(tmp_path):
+    from benchmarks import run
+    out = tmp_path / "bench.json"
+    run.main(["--quick", "--only", "peak,pretrainers", "--cases", "simclr_resnet18", "--inproc",
+              "--out", str(out)])
+    r = json.loads(out.read_text())
+    assert r["schema"] == run.SCHEMA
+    info = r["runs"][0]
+    assert info["machine"]["cores"] >= 1 and info["machine"]["torch"] == torch.__version__
+    assert info["command"].startswith("python -m benchmarks.run")
+    for p in ("fp32", "bf16"):
+        assert r["peak"]["data"][p]["gflops"] > 0
+    case = r["pretrainers"]["data"]["simclr_resnet18 bf16"]
+    assert "error" not in case, case.get("error")
+    for key in ("step_s", "images_per_s", "flops_per_step", "achieved_gflops", "mfu", "peak_mem_mb",
+                "phase_s", "loss_finite"):
+        assert key in case, key
+    assert case["loss_finite"] and case["batch"] == 8 and case["views"] == 2
+    assert case["images_per_s"] == pytest.approx(case["batch"] / case["step_s"])
+    assert case["mfu"] == pytest.approx(case["achieved_gflops"] / r["peak"]["data"]["bf16"]["gflops"])
+    # a SimCLR step on 2 views of a ResNet-18 at 32 px is a few GFLOPs per 8 images, not 0
+    assert 0.5e9 < case["flops_per_step"] < 20e9
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_lightly_peer_computes_our_loss(method):
+    from benchmarks.common import make_inputs
+    from benchmarks.versus import build_pair, check_losses
+    ours, theirs = build_pair(method)
+    r = check_losses(method, ours, theirs, make_inputs(4, 2))
+    assert r["loss_equal"], r
+    # and a different weight breaks the equality (the check is not vacuous)
+    with torch.no_grad():
+        next(theirs.projection_head.parameters()).mul_(1.5)
+    assert not check_losses(method, ours, theirs, make_inputs(4, 2))["loss_equal"]
+
+
+def test_report_renders_tables():
+    from benchmarks.report import render
+    results = {"runs": [{"machine_line": "cpu", "command": "python -m benchmarks.run", "started": "t"}],
+               "peak": {"data": {"fp32": {"n": 8, "gflops": 1.5, "spread": 0.1}}, "run": 0,
+                        "seconds": 1.0, "load_before": [0.1], "load_after": [0.2]}}
+    text = render(results)
+    assert "| fp32 | 8 | 1.5 |" in text and "## Machine" in text
