@@ -80,7 +80,12 @@ def sync(table: dict | None = None) -> None:
     for name in [n for n in _registered if n not in METHODS]:
         _unregister(name)
     for name, entry in list(METHODS.items()):
-        cfgs = _cfgs(entry, table)
+        try:
+            cfgs = _cfgs(entry, table)
+        except Exception as e:        # one odd registration must not break `import zoo`
+            warnings.warn(f"zoo: {name} is not registered in timm ({type(e).__name__}: {e}); "
+                          "zoo.create_model will report the problem.", stacklevel=2)
+            continue
         fingerprint = json.dumps(cfgs, sort_keys=True, default=str)
         if _registered.get(name) == fingerprint:
             continue
