@@ -28,6 +28,7 @@ from timm.models._pretrained import PretrainedCfg
 import zoo
 from zoo import publish as zpub
 from zoo import weights
+from zoo.data import dataset_stats
 from zoo.registry import METHODS
 from zoo.runs import save_pretrainer, update_metrics
 from fake_hub import FakeHub
@@ -279,7 +280,7 @@ def test_train_publish_cli(env, tmp_path, monkeypatch):
     pretrainer = zoo.create_pretrainer(name).eval()
     run = tmp_path / "run"
     recipe = {"model": name, "objective": None, "model_args": {}, "data": "scenes", "image_size": 32,
-              "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "commit": "feedbeef"}
+              "mean": None, "std": None, "commit": "feedbeef"}      # None: the dataset's own statistics
     save_pretrainer(run, pretrainer, recipe)
     update_metrics(run, {"scenes/knn_top1_k20": 42.0, "pretrain": {"wall_clock_s": 12.5}})
     spec = importlib.util.spec_from_file_location("train_publish", REPO / "train" / "publish.py")
@@ -294,6 +295,7 @@ def test_train_publish_cli(env, tmp_path, monkeypatch):
     assert entry["commands"]["knn"] == f"python train/knn.py {run} --baselines"
     assert entry["hf_hub_id"] == f"{zpub.DEFAULT_HUB_ORG}/{name}.scenes"
     model = zoo.create_model(str(tmp_path / "w" / f"{name}.scenes")).eval()
+    assert model.pretrained_cfg["mean"] == dataset_stats("scenes")["mean"]
     ref = {k: (v.half().float() if v.is_floating_point() else v)
            for k, v in pretrainer.exported_backbone().state_dict().items()}
     assert all(torch.equal(model.state_dict()[k], v) for k, v in ref.items())

@@ -261,9 +261,14 @@ def publish(backbone: nn.Module, out_dir: str | os.PathLike, name: str, tag: str
     method_paper = PAPERS.get(entry.method)
     exported = exported or exported_description(entry.method, objective)
     hf_hub_id = hf_hub_id or f"{DEFAULT_HUB_ORG}/{name}.{tag}"
+    mean, std = mean or recipe.get("mean"), std or recipe.get("std")
+    if (mean is None or std is None) and recipe.get("data"):
+        from zoo.data import dataset_stats       # what training normalised with when the recipe left it None
+        stats = dataset_stats(str(recipe["data"]))
+        mean, std = mean or stats["mean"], std or stats["std"]
     cfg = weights.make_pretrained_cfg(
-        entry.timm_arch, entry.model_args, tag=tag, mean=mean or recipe.get("mean"),
-        std=std or recipe.get("std"), image_size=image_size or recipe.get("image_size"),
+        entry.timm_arch, entry.model_args, tag=tag, mean=mean, std=std,
+        image_size=image_size or recipe.get("image_size"),
         crop_pct=1.0, interpolation="bicubic", license=license,
         description=f"{entry.method} self-supervised backbone (zoo), exported: {exported}",
         paper_name=entry.paper or (method_paper and method_paper[0]),
