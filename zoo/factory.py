@@ -9,7 +9,7 @@ timm's own loader from the checked safetensors file.
 
 Example:
     >>> import torch, zoo
-    >>> model = zoo.create_model("simclr_resnet18")                  # random init, headless
+    >>> model = zoo.create_model("simclr_resnet18").eval()           # random init, headless
     >>> model(torch.randn(1, 3, 32, 32)).shape
     torch.Size([1, 512])
     >>> ft = zoo.create_model("adios_resnet18", pretrained=True, num_classes=10)   # doctest: +SKIP
