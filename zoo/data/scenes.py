@@ -10,10 +10,11 @@ A scene (image_size x image_size RGB, default 32):
   orientation and frequency;
 - 1-4 objects from the 8 shape classes of `CLASSES`, each with a random colour (the farthest of 8
   random candidates from the background's two colours and, for a distractor, from the main
-  object's colour, so that shapes stay visible and do not merge), a fill (flat, shaded or striped), scale, aspect
-  and rotation jitter. The first object is the *main* object: the largest, at the bottom; the
-  others are smaller distractors drawn on top of it, most of them overlapping it (a distractor that
-  would hide more than 40 % of the main object is left out);
+  object's colour, so that shapes stay visible and do not merge), a fill (flat, shaded or
+  striped), and aspect and rotation jitter. The first object is the *main* object: the largest
+  (radius 0.22-0.40 of the image side, anywhere with at most a fifth of its radius out of frame),
+  at the bottom; the others are distractors of 0.35-0.65 its radius drawn on top of it, 70 % of
+  them overlapping it (a distractor that would hide more than 40 % of it is left out);
 - Gaussian pixel noise over everything.
 
 label = class of the main object. masks = one boolean mask per object of its *visible* pixels
@@ -164,7 +165,7 @@ def render_scene(rng: np.random.Generator, size: int = 32) -> Scene:
             lo, hi = max(MAIN_CENTRE[0] * size, 0.8 * radius), min(MAIN_CENTRE[1] * size, size - 0.8 * radius)
             centre = rng.uniform(lo, hi, 2)             # at most a fifth of its radius out of frame
         else:        # a smaller distractor, overlapping the main object 70 % of the time
-            radius = rng.uniform(0.12, 0.24) * size
+            radius = rng.uniform(0.35, 0.65) * covers[0][1]
             if rng.random() < 0.7:
                 r0, c0 = covers[0][1], covers[0][2]
                 angle = rng.uniform(0, 2 * math.pi)
