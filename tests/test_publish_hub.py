@@ -293,6 +293,7 @@ def test_train_publish_cli(env, tmp_path, monkeypatch):
     assert entry["commit"] == "feedbeef" and entry["metrics"]["pretrain"]["wall_clock_s"] == 12.5
     assert entry["metrics"]["scenes/knn_top1_k20"] == 42.0 and entry["dtype"] == "float16"
     assert entry["commands"]["knn"] == f"python train/knn.py {run} --baselines"
+    assert entry["commands"]["mask"] == f"python train/maskscore.py {run}"
     assert entry["hf_hub_id"] == f"{zpub.DEFAULT_HUB_ORG}/{name}.scenes"
     model = zoo.create_model(str(tmp_path / "w" / f"{name}.scenes")).eval()
     assert model.pretrained_cfg["mean"] == dataset_stats("scenes")["mean"]

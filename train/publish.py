@@ -90,9 +90,10 @@ def main(argv: list[str] | None = None) -> dict:
         facts[key] = value
     # The eval scripts do not record their command lines: the card gives the command that
     # re-measures each metric on this run directory (the flags of a limited run are not known).
-    commands = {word: f"python train/{script} {args.run_dir}" + (" --baselines" if word != "finetune" else "")
-                for word, script in (("knn", "knn.py"), ("linear", "linear.py"), ("finetune", "finetune.py"))
-                if (REPO / "train" / script).exists()}
+    scripts = (("knn", "knn.py --baselines"), ("linear", "linear.py --baselines"), ("finetune", "finetune.py"),
+               ("mask", "maskscore.py"))
+    commands = {word: f"python train/{script.split()[0]} {args.run_dir}{script[len(script.split()[0]):]}"
+                for word, script in scripts if (REPO / "train" / script.split()[0]).exists()}
     out = args.out or REPO / "weights" / f"{name}.{args.tag}"
     masker = pretrainer.masker if has_learned_masker(pretrainer) else None
     entry = zpub.publish(pretrainer.exported_backbone(), out, name, args.tag, recipe=recipe, metrics=metrics,
