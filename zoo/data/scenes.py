@@ -23,8 +23,11 @@ against the objects (`zoo.evaluation.mask_score`). Edges are anti-aliased by dra
 resolution; a mask pixel is the object's when at least half of its 2x2 sub-pixels are.
 
 Why this is hard for raw pixels: class is carried by shape alone, while colour, texture, position,
-pose, background and distractors vary freely; raw-pixel kNN stays near chance (see the report in
-`zoo.evaluation` / the tests), a trained backbone need not.
+pose, background and distractors vary freely. Raw-pixel weighted kNN (the fixed protocol of
+`zoo.evaluation`, 20 000 train / 2 000 test scenes at 32 px) gets 26.9 % at k = 20 and 25.4 % at
+k = 200, chance being 12.5 %: `python train/knn.py raw-pixels --data scenes`.
+
+Speed: about 2 500 scenes per CPU-second at 32 px and 1 300 at 64 px on this project's machine.
 
 Example:
     >>> from zoo.data.scenes import SceneDataset, CLASSES
