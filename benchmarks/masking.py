@@ -74,6 +74,7 @@ def batched_vs_loop(arch: str, K: int, kind: str = "occlusion", batch: int = 64,
             times[k].append(time.perf_counter() - t0)
     med = {k: median(v) for k, v in times.items()}
     return dict(arch=arch, K=K, kind=kind, batch=batch, precision=precision, seconds=med,
+                min_seconds={k: min(v) for k, v in times.items()},
                 spread={k: spread(v) for k, v in times.items()}, repeats=rounds,
                 speedup=med["loop"] / med["batched"])
 

@@ -1,9 +1,11 @@
 """Every registered pretrainer at CPU scale: images/s, step time, peak memory, MFU.
 
 A case is one (registered name, objective) pair on a CPU-scale arch (32 px: `resnet18`,
-`vit_tiny_patch4_32`), built with its recipe's `model_args` where `recipes/` has one (else the
-factory defaults, at 32 px), stepped the way the training loop steps it (`benchmarks.stepping`:
-all phases, one optimizer each, then the EMA update) on fixed random inputs.
+`vit_tiny_patch4_32`), built with its recipe's `model_args` and per-phase optimizers
+(`train.optim.build_optimizer`) where `recipes/` has one (else the factory defaults at 32 px and
+SGD with momentum), stepped the way the training loop steps it (`benchmarks.stepping`: all
+phases, one optimizer each, then the EMA update) on fixed random inputs. The batch is the same
+for every case (64 by default), so that cases compare; a recipe's own batch size is not used.
 
 Measured per case:
 - `step_s`: median seconds of one full step (all phases), after warm-up; `phase_s` per phase;
@@ -115,7 +117,8 @@ def bench_case(name: str, objective: str | None = None, batch: int = 64, precisi
     return dict(case=case_id(name, objective), name=name, method=entry.method, arch=entry.arch,
                 objective=objective, precision=precision, batch=batch, image_size=image_size,
                 views=len(views), phases=list(pretrainer.phases), model_args=kwargs, **facts,
-                params_m=params / 1e6, step_s=step, step_spread=spread(steps), repeats=len(steps),
+                params_m=params / 1e6, step_s=step, step_min_s=min(steps), step_spread=spread(steps),
+                repeats=len(steps),
                 phase_s={p: median(v) for p, v in phases.items() if v},
                 images_per_s=batch / step, flops_per_step=flops,
                 achieved_gflops=flops / step / 1e9,

@@ -199,7 +199,8 @@ def compare(method: str, batch: int = 64, rounds: int = 6, steps_per_round: int 
                 times[k].append(time.perf_counter() - t0)
     med = {k: median(v) for k, v in times.items()}
     return dict(method=method, arch=ARCH[method], batch=batch, dims=dims_of(method, ours), **equality,
-                step_s=med, step_spread={k: spread(v) for k, v in times.items()},
+                step_s=med, step_min_s={k: min(v) for k, v in times.items()},
+                step_spread={k: spread(v) for k, v in times.items()},
                 images_per_s={k: batch / m for k, m in med.items()},
                 repeats=rounds * steps_per_round,
                 ratio_fp32=med["ours_fp32"] / med["theirs_fp32"],
