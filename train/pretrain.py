@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 
 import zoo
 from zoo.data import build_dataset, collate_skip_bad, dataset_stats, eval_transform, two_views
-from zoo.runs import save_pretrainer, update_metrics
+from zoo.runs import atomic_write, save_pretrainer, update_metrics
 from train.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
 from train.mask_grid import masker_picture, save_mask_grid
 from train.optim import build_optimizer, build_schedule, phase_named_parameters
@@ -238,7 +238,8 @@ def main(argv=None) -> torch.nn.Module:
         update_metrics(run_dir, {"pretrain": {
             "steps": step, "epochs": round(step / steps_per_epoch, 4), "images": step * recipe.batch_size,
             "wall_clock_s": round(time.perf_counter() - t_start, 1), "processes": world,
-            "device": str(accelerator.device), "unreadable_images": unreadable}})
+            "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
+            "unreadable_images": unreadable}})
         report = skipped.report() if skipped else "no unreadable images"
         accelerator.print(f"done: {step} steps -> {run_dir / 'pretrainer.safetensors'}; {report}"
                           + (f" (all processes: {unreadable})" if world > 1 else ""))
@@ -277,8 +278,13 @@ def _truncate_log(path: Path, step: int) -> None:
     """On resume, drop log lines written after the checkpoint (they will be written again)."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    from zoo.runs import atomic_write
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError):       # a line torn by a killed write
+            pass
     atomic_write(path, "".join(line + "\n" for line in kept))
 
 
