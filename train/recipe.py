@@ -158,6 +158,11 @@ class Recipe:
         elif self.objective is not None:
             raise RecipeError(f"{source}: {entry.name} takes no objective, got objective={self.objective!r}")
         check_model_args(entry, self.model_args, source)
+        if "img_size" in factory_args(entry):       # maskers built for a size (ADIOS's U-Net)
+            given = self.model_args.setdefault("img_size", self.image_size)
+            if given != self.image_size:
+                raise RecipeError(f"{source}: model_args.img_size {given} != image_size {self.image_size}; "
+                                  "the masker must be built for the images it sees (drop model_args.img_size)")
         check_data(self.data, self.data_args, source)
         try:
             from zoo.data.views import resolve_preset
