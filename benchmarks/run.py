@@ -76,7 +76,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--merge", action="store_true", help="keep the other sections of an existing --out")
     ap.add_argument("--cases", default=None, help="pretrainer cases name[:objective], comma list (default all)")
     ap.add_argument("--precisions", default="bf16", help="pretrainer precisions (fp32,bf16); bf16 = recipes' default")
-    ap.add_argument("--batch", type=int, default=64, help="pretrainer batch (images per step)")
+    ap.add_argument("--batch", type=int, default=128, help="pretrainer batch (images per step)")
+    ap.add_argument("--versus-batches", default="128,64", help="batches of the lightly comparison")
     ap.add_argument("--threads", type=int, default=common.DEFAULT_THREADS)
     ap.add_argument("--methods", default=None, help="versus methods (default simclr,byol,simsiam,mae)")
     ap.add_argument("--quality-minutes", type=float, default=3.0)
@@ -132,7 +133,8 @@ def main(argv=None) -> dict:
     if "versus" in sections:
         from benchmarks import versus
         methods = tuple(a.methods.split(",")) if a.methods else versus.peer_lightly.METHODS
-        section("versus", lambda: versus.run(a.quick, methods))
+        batches = tuple(int(b) for b in a.versus_batches.split(","))
+        section("versus", lambda: versus.run(a.quick, methods, batches))
     if "masking" in sections:
         from benchmarks import masking
         pre = (results.get("pretrainers") or {}).get("data") or {}

@@ -72,6 +72,8 @@ def train_step(pretrainer: nn.Module, views: Sequence[Tensor], optimizers: dict,
     return float(loss.detach())
 
 
-def prepare(pretrainer: nn.Module, views: Sequence[Tensor], precision: str):
-    """Model and inputs in the memory format of `precision` (channels_last for bf16)."""
-    return to_format(pretrainer, precision), [to_format(v, precision) for v in views]
+def prepare(pretrainer: nn.Module, views: Sequence[Tensor], precision: str,
+            channels_last: bool | None = None):
+    """Model and inputs in channels_last (default: for bf16, the recipes' default) or NCHW."""
+    fmt = "bf16" if (precision == "bf16" if channels_last is None else channels_last) else "fp32"
+    return to_format(pretrainer, fmt), [to_format(v, fmt) for v in views]

@@ -208,12 +208,14 @@ def compare(method: str, batch: int = 64, rounds: int = 6, steps_per_round: int 
                 speedup_default=med["theirs_fp32"] / med["ours_bf16"])
 
 
-def run(quick: bool = False, methods=peer_lightly.METHODS) -> dict:
-    kw = dict(batch=16, rounds=2, steps_per_round=1, warmup=1) if quick else {}
+def run(quick: bool = False, methods=peer_lightly.METHODS, batches=(128, 64)) -> dict:
+    """Every shared method at each batch (128: lightly's own CIFAR-10 benchmark batch; 64)."""
+    kw = dict(rounds=2, steps_per_round=1, warmup=1) if quick else {}
     out = {}
-    for m in methods:
-        try:
-            out[m] = compare(m, **kw)
-        except Exception as e:  # one missing method must not hide the others
-            out[m] = dict(method=m, error=f"{type(e).__name__}: {e}")
+    for batch in ((16,) if quick else batches):
+        for m in methods:
+            try:
+                out[f"{m} b{batch}"] = compare(m, batch=batch, **kw)
+            except Exception as e:  # one missing method must not hide the others
+                out[f"{m} b{batch}"] = dict(method=m, batch=batch, error=f"{type(e).__name__}: {e}")
     return out
