@@ -7,7 +7,7 @@ Fault injection for the resume tests, through the environment:
 - TINY_KILL_AT=update:N      SIGKILL this process inside the N-th `pretrainer.update` (mid-run);
 - TINY_KILL_AT=save_state:N  let the N-th `accelerator.save_state` write, cut one of its files to
                              half, then SIGKILL: a crash in the middle of a checkpoint write.
-TINY_DUMP=DIR writes each process's final pretrainer state to DIR/rank<r>.safetensors.
+TINY_DUMP=DIR writes each process's final (and initial) pretrainer state to DIR/[init_]rank<r>.safetensors.
 """
 import os
 import signal
@@ -31,6 +31,14 @@ def _die():
     sys.stderr.flush()
     os.kill(os.getpid(), signal.SIGKILL)
 
+
+if os.environ.get("TINY_DUMP"):              # keep the initial state to show training moved it
+    original_init = tiny_method.TinyADIOS.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.initial_state = {k: v.detach().clone() for k, v in self.state_dict().items()}
+    tiny_method.TinyADIOS.__init__ = init
 
 if what == "update":
     original_update = tiny_method.TinyADIOS.update
@@ -67,5 +75,6 @@ if __name__ == "__main__":
         from safetensors.torch import save_file
         rank = int(os.environ.get("RANK", "0"))
         Path(dump).mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().clone() for k, v in pretrainer.state_dict().items()},
-                  str(Path(dump) / f"rank{rank}.safetensors"))
+        for prefix, state in (("", pretrainer.state_dict()), ("init_", pretrainer.initial_state)):
+            save_file({k: v.detach().contiguous().clone() for k, v in state.items()},
+                      str(Path(dump) / f"{prefix}rank{rank}.safetensors"))

@@ -2,10 +2,13 @@
 
 Layout: `run_dir/state/step_00000120/` holds what `save_state` writes (model, one optimizer per
 phase, every process's RNG states) plus `progress.json` (the step, the recipe that made it). A
-checkpoint is written to `run_dir/state/.tmp_step_.../`, flushed to disk, and only then renamed
-to its final name: a process killed mid-write leaves a `.tmp_*` folder that is ignored and
-cleaned, never a torn checkpoint. Older checkpoints are deleted only after the new one is in
-place, so the last good one always exists.
+checkpoint is written to `run_dir/state/.tmp_step_.../` and only renamed to its final name once
+complete: a process killed mid-write leaves a `.tmp_*` folder that is ignored and cleaned, never
+a torn checkpoint. Older checkpoints are deleted only after the new one is in place, so the last
+good one always exists. This protects against the training process dying at any point (SIGKILL,
+OOM, a NaN stop); it does not fsync, so a power cut before the OS has flushed the newest
+checkpoint can still damage it (on this shared machine an fsync of a tiny checkpoint took up to a
+minute when other processes were writing).
 
 Resume state is trusted and local (accelerate unpickles the optimizer and RNG files): it is never
 published (DESIGN.md). On several machines without a shared file system each node writes its own
@@ -43,18 +46,6 @@ def last_checkpoint(run_dir: str | os.PathLike) -> tuple[int, Path] | None:
     return found[-1] if found else None
 
 
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(accelerator, run_dir: str | os.PathLike, step: int, progress: dict,
                     keep: int = 1) -> Path:
     """Every process calls this; the main process renames and prunes. Returns the final folder."""
@@ -68,7 +59,6 @@ def save_checkpoint(accelerator, run_dir: str | os.PathLike, step: int, progress
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "progress.json").write_text(json.dumps({"step": step, **progress}, indent=1))
-        _fsync_tree(tmp)
         if final.exists():                              # the same step saved again after a resume
             shutil.rmtree(tmp)
         else:

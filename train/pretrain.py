@@ -82,6 +82,10 @@ def main(argv=None) -> torch.nn.Module:
     args = parse_args(argv)
     recipe = Recipe.load(args.recipe, args.overrides)
     run_dir = Path(recipe.run_dir)
+    found = last_checkpoint(run_dir)
+    if found and not recipe.resume:
+        raise TrainingStopped(f"{run_dir} already holds checkpoint {found[1].name}: pass resume=true "
+                              "to continue it, or another run_dir=")
 
     # ---- processes and precision --------------------------------------------------------------
     accelerator = Accelerator(
@@ -95,10 +99,6 @@ def main(argv=None) -> torch.nn.Module:
                               f"{world} processes x grad_accum {recipe.grad_accum}")
     micro_batch = recipe.batch_size // (world * recipe.grad_accum)
 
-    found = last_checkpoint(run_dir)
-    if found and not recipe.resume:
-        raise TrainingStopped(f"{run_dir} already holds checkpoint {found[1].name}: pass resume=true "
-                              "to continue it, or another run_dir=")
     if main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         recipe.save(run_dir / "recipe.yaml")
@@ -176,57 +176,59 @@ def main(argv=None) -> torch.nn.Module:
                disable=not accelerator.is_local_main_process)
     sums = {ph: 0.0 for ph in phases}
     seen_since_log, t_log, t_start = 0, time.perf_counter(), time.perf_counter()
-    batches = loader_from(step) if step < last_step else None
-    while step < last_step:
-        micro_batches = [next(batches) for _ in range(recipe.grad_accum)]
-        if any(b is None for b in micro_batches):
-            raise TrainingStopped(f"step {step}: a whole micro-batch of images was unreadable "
-                                  f"({skipped.report() if skipped else ''})")
-        micro_batches = [[v.to(accelerator.device, non_blocking=True).contiguous(memory_format=memory_format)
-                          for v in b[0]] for b in micro_batches]
-        for phase in phases:
-            schedules[phase].step_update(step)
-            for i, views_mb in enumerate(micro_batches):
-                sync = i == len(micro_batches) - 1
-                with nullcontext() if sync else accelerator.no_sync(model):
-                    loss = model(views_mb, phase=phase)
-                    _check_finite(accelerator, loss, step, phase, run_dir)
-                    accelerator.backward(loss / recipe.grad_accum)
-                sums[phase] += loss.detach().float().item() / recipe.grad_accum
-            optimizers[phase].step()
-            model.zero_grad(set_to_none=True)
-        pretrainer.update((step + 1) / total_steps)
-        step += 1
-        seen_since_log += recipe.batch_size
-        if step % steps_per_epoch == 0 and step < last_step:
-            batches = loader_from(step)                # next epoch: a new order
+    try:                                           # the bar is closed before any stop message
+        batches = loader_from(step) if step < last_step else None
+        while step < last_step:
+            micro_batches = [next(batches) for _ in range(recipe.grad_accum)]
+            if any(b is None for b in micro_batches):
+                raise TrainingStopped(f"step {step}: a whole micro-batch of images was unreadable "
+                                      f"({skipped.report() if skipped else ''})")
+            micro_batches = [[v.to(accelerator.device, non_blocking=True).contiguous(memory_format=memory_format)
+                              for v in b[0]] for b in micro_batches]
+            for phase in phases:
+                schedules[phase].step_update(step)
+                for i, views_mb in enumerate(micro_batches):
+                    sync = i == len(micro_batches) - 1
+                    with nullcontext() if sync else accelerator.no_sync(model):
+                        loss = model(views_mb, phase=phase)
+                        _check_finite(accelerator, loss, step, phase, run_dir)
+                        accelerator.backward(loss / recipe.grad_accum)
+                    sums[phase] += loss.detach().float().item() / recipe.grad_accum
+                optimizers[phase].step()
+                model.zero_grad(set_to_none=True)
+            pretrainer.update((step + 1) / total_steps)
+            step += 1
+            seen_since_log += recipe.batch_size
+            if step % steps_per_epoch == 0 and step < last_step:
+                batches = loader_from(step)                # next epoch: a new order
 
-        if step % recipe.log_every == 0 or step == last_step:
-            now = time.perf_counter()
-            n = (step - 1) % recipe.log_every + 1
-            losses = {ph: _mean_over_processes(accelerator, sums[ph] / n) for ph in phases}
-            record = {"step": step, "epoch": round(step / steps_per_epoch, 4),
-                      **{f"loss/{ph}": v for ph, v in losses.items()},
-                      **{f"lr/{ph}": optimizers[ph].param_groups[0]["lr"] for ph in phases},
-                      "images_per_s": seen_since_log / (now - t_log), "time_s": round(now - t_start, 2)}
-            if main_process:
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-            if recipe.tensorboard:
-                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
-            bar.set_postfix({**{ph: f"{v:.4f}" for ph, v in losses.items()},
-                             "img/s": f"{record['images_per_s']:.0f}"})
-            sums = {ph: 0.0 for ph in phases}
-            seen_since_log, t_log = 0, now
-        bar.update(1)
+            if step % recipe.log_every == 0 or step == last_step:
+                now = time.perf_counter()
+                n = (step - 1) % recipe.log_every + 1
+                losses = {ph: _mean_over_processes(accelerator, sums[ph] / n) for ph in phases}
+                record = {"step": step, "epoch": round(step / steps_per_epoch, 4),
+                          **{f"loss/{ph}": v for ph, v in losses.items()},
+                          **{f"lr/{ph}": optimizers[ph].param_groups[0]["lr"] for ph in phases},
+                          "images_per_s": seen_since_log / (now - t_log), "time_s": round(now - t_start, 2)}
+                if main_process:
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                if recipe.tensorboard:
+                    accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+                bar.set_postfix({**{ph: f"{v:.4f}" for ph, v in losses.items()},
+                                 "img/s": f"{record['images_per_s']:.0f}"})
+                sums = {ph: 0.0 for ph in phases}
+                seen_since_log, t_log = 0, now
+            bar.update(1)
 
-        if picture is not None and (step == last_step or (recipe.mask_grid_every and step % recipe.mask_grid_every == 0)):
-            masks = masker_picture(pretrainer.masker, picture)
-            save_mask_grid(run_dir / "masks" / f"step_{step:08d}.png", picture, masks, mean, std)
-            save_mask_grid(run_dir / "masks.png", picture, masks, mean, std)
-        if recipe.ckpt_every and (step % recipe.ckpt_every == 0 or step == last_step):
-            save_checkpoint(accelerator, run_dir, step, {"recipe": recipe.to_dict()})
-    bar.close()
+            if picture is not None and (step == last_step or (recipe.mask_grid_every and step % recipe.mask_grid_every == 0)):
+                masks = masker_picture(pretrainer.masker, picture)
+                save_mask_grid(run_dir / "masks" / f"step_{step:08d}.png", picture, masks, mean, std)
+                save_mask_grid(run_dir / "masks.png", picture, masks, mean, std)
+            if recipe.ckpt_every and (step % recipe.ckpt_every == 0 or step == last_step):
+                save_checkpoint(accelerator, run_dir, step, {"recipe": recipe.to_dict()})
+    finally:
+        bar.close()
 
     # ---- the end: the trained pretrainer and what the run cost --------------------------------
     if world > 1:
@@ -256,7 +258,7 @@ def _check_finite(accelerator, loss: torch.Tensor, step: int, phase: str, run_di
         good = last_checkpoint(run_dir)
         kept = f"the last good checkpoint {good[1]} (step {good[0]}) is kept; " if good else "no checkpoint was written yet; "
         raise TrainingStopped(
-            f"non-finite loss ({loss.detach().float().item()}) at step {step}, phase {phase!r}: stopping before its "
+            f"non-finite loss ({loss.detach().float().item()}) at step {step + 1}, phase {phase!r}: stopping before its "
             f"backward. {kept}lower lr (or the {phase} phase's lr), check the data, and resume=true.")
 
 
