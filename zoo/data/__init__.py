@@ -32,7 +32,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 #   python -c "from zoo.data import channel_stats; print(channel_stats('scenes'))"
 #   python -c "from zoo.data import channel_stats; print(channel_stats('fashion_mnist', n=60000))"
 DATASETS: dict[str, dict] = {
-    "scenes": dict(mean=(0.5007, 0.5007, 0.5011), std=(0.2684, 0.2683, 0.2694), num_classes=8,
+    "scenes": dict(mean=(0.5011, 0.4979, 0.5005), std=(0.2980, 0.2979, 0.2967), num_classes=8,
                    grayscale=False),
     "fashion_mnist": dict(mean=(0.2856,) * 3, std=(0.3385,) * 3, num_classes=10, grayscale=True),
     # unknown data: ImageNet statistics, class count read from the dataset itself
