@@ -12,11 +12,8 @@ from PIL import Image
 import zoo
 from zoo.runs import save_pretrainer, update_metrics
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-import finetune  # noqa: E402
-import knn  # noqa: E402
-import linear  # noqa: E402
-import maskscore  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))     # the repository: `train` scripts
+from train import finetune, knn, linear, maskscore  # noqa: E402
 
 
 @pytest.fixture(scope="module")

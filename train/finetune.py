@@ -15,15 +15,19 @@ cross-entropy; augmentation RandomResizedCrop(0.2-1) + flip; test on unaugmented
 from __future__ import annotations
 
 import math
+import sys
 import time
+from pathlib import Path
 
-import eval_common as ec
-import torch
-import torch.nn.functional as F
-from accelerate import Accelerator
-from torch.utils.data import DataLoader
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
-from zoo.data import collate_skip_bad, dataset_stats, finetune_transform
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from accelerate import Accelerator  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from train import eval_common as ec  # noqa: E402
+from zoo.data import collate_skip_bad, dataset_stats, finetune_transform  # noqa: E402
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

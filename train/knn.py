@@ -10,11 +10,14 @@ k = 20 and 200, the whole train split as memory bank, unaugmented images), writt
 """
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
-import eval_common as ec
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
-from zoo.evaluation import extract_features, knn_classify
+from zoo.evaluation import extract_features, knn_classify  # noqa: E402
+from train import eval_common as ec  # noqa: E402
 
 
 def knn_metrics(backbone, train, test, args, prefix: str) -> dict:

@@ -11,11 +11,14 @@ no weight decay, 100 epochs, final model), written to metrics.json.
 """
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
-import eval_common as ec
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
-from zoo.evaluation import extract_features, linear_probe
+from zoo.evaluation import extract_features, linear_probe  # noqa: E402
+from train import eval_common as ec  # noqa: E402
 
 
 def linear_metrics(backbone, train, test, args, prefix: str) -> dict:

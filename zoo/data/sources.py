@@ -190,7 +190,7 @@ def load_fashion_mnist(split: str, root: str | os.PathLike | None = None, source
              "`apt-get update && apt-get install -y dataset-fashion-mnist` (Debian), or pass "
              "root=<folder holding the IDX files>, or use source='hub' with internet access "
              f"(Hub dataset {FMNIST_HUB_ID}).")
-    if source == "local" or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+    if source == "local" or os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false", "no"):
         raise DataMissingError(help_)
     try:
         import datasets
