@@ -89,3 +89,23 @@ def test_knn_reports_unreadable_images(tmp_path, capsys, monkeypatch):
     with pytest.raises(Exception, match="bad.png"):
         knn.main(["raw-pixels", "--data", "imagefolder", "--root", str(tmp_path / "img"),
                   "--image-size", "16", "--strict-data"])
+
+
+def test_local_dir_source(tmp_path):
+    """A Hub-layout folder (written here by timm itself) loads through `local-dir:` with the same
+    weights, a fresh head on request, and its cfg's data config; knn.py evaluates it."""
+    import timm
+    import torch
+    from timm.models._hub import save_for_hf
+
+    from zoo.evaluation import load_backbone
+    model = timm.create_model("resnet18", num_classes=0).eval()
+    save_for_hf(model, str(tmp_path / "w"), safe_serialization=True)
+    loaded, info = load_backbone(f"local-dir:{tmp_path / 'w'}")
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(loaded.eval()(x), model(x)) and info["kind"] == "local-dir"
+    assert info["mean"] == tuple(model.pretrained_cfg["mean"])
+    assert load_backbone(f"local-dir:{tmp_path / 'w'}", num_classes=5)[0](x).shape == (2, 5)
+    m = knn.main([f"local-dir:{tmp_path / 'w'}", "--data", "scenes", "--image-size", "32",
+                  "--limit-train", "60", "--limit-test", "20"])
+    assert "image_size=32" in m["scenes/knn_protocol"]

@@ -1,9 +1,10 @@
 """What train/knn.py, train/linear.py and train/finetune.py share: arguments, data, the backbone.
 
-A SOURCE is a run directory (its exported backbone; data and image size default to its recipe's),
-a zoo model name (`zoo.create_model(name, pretrained=True)`), `local-dir:<folder>` (vanilla timm
-loading a published folder) or `raw-pixels` (the flattened normalised image: the raw-pixel
-baseline). Metrics go to SOURCE/metrics.json for a run directory, else to --out/metrics.json when
+A SOURCE is a run directory (its exported backbone; data, image size and normalisation default to
+its recipe's), a zoo model name (`zoo.create_model(name, pretrained=True)`; image size and
+normalisation from its pretrained cfg, data default fashion_mnist, the released weights' data),
+`local-dir:<folder>` (vanilla timm loading a published folder, likewise) or `raw-pixels` (the
+flattened normalised image: the raw-pixel baseline). Metrics go to SOURCE/metrics.json for a run directory, else to --out/metrics.json when
 given, under keys "<data>/<metric>" (e.g. "scenes/knn_top1_k20"); the baselines of --baselines
 under "<data>/untrained/<metric>" and "<data>/raw_pixels/<metric>".
 """
@@ -62,6 +63,7 @@ def backbone_and_defaults(args, num_classes: int = 0, pretrained: bool = True):
     backbone, info = (None, {"data": None, "image_size": None}) if args.source == RAW else \
         load_backbone(args.source, num_classes=num_classes, pretrained=pretrained)
     image_size = args.image_size or info.get("image_size") or 32
+    args.weight_norm = (info["mean"], info["std"]) if info.get("mean") else None
     return backbone, data_name(args), int(image_size)
 
 
@@ -82,8 +84,10 @@ class _Head(IterableDataset):
 
 
 def normalisation(args, data: str) -> tuple:
-    """(mean, std): the run's recipe values when it set them and evaluates on its own data, else
-    the dataset's statistics."""
+    """(mean, std): a released weight's own (its pretrained cfg); a run's recipe values when it
+    set them and is evaluated on its own data; else the dataset's statistics."""
+    if getattr(args, "weight_norm", None):
+        return args.weight_norm
     recipe = recipe_of(args.source)
     stats = dataset_stats(data)
     if recipe.get("data") == data and recipe.get("mean") is not None:

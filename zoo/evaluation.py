@@ -61,8 +61,8 @@ from zoo.data import collate_skip_bad
 def load_backbone(source: str, num_classes: int = 0, pretrained: bool = True) -> tuple[nn.Module, dict]:
     """(plain timm backbone, info) from a run directory, a zoo model name or `local-dir:<path>`.
 
-    info: {"source", "kind": "run" | "name" | "local-dir", "data", "image_size"} where known (a
-    run's recipe, a weight's pretrained cfg). num_classes > 0 gives a fresh classifier head.
+    info: {"source", "kind": "run" | "name" | "local-dir", "data", "image_size", "mean", "std"}
+    where known (a run's recipe, a weight's pretrained cfg). num_classes > 0 gives a fresh classifier head.
     pretrained=False builds the same architecture untrained (the "untrained" baseline).
     """
     info = {"source": source, "data": None, "image_size": None}
@@ -93,6 +93,8 @@ def load_backbone(source: str, num_classes: int = 0, pretrained: bool = True) ->
     cfg = getattr(backbone, "pretrained_cfg", {}) or {}
     if cfg.get("input_size"):
         info["image_size"] = int(cfg["input_size"][-1])
+    if cfg.get("mean") and cfg.get("std"):   # the weight's own normalisation (its data config)
+        info.update(mean=tuple(cfg["mean"]), std=tuple(cfg["std"]))
     return backbone, info
 
 
