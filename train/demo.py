@@ -1,21 +1,24 @@
-"""The main job: the whole loop on the embedded scenes, in a few minutes on 2 CPU cores, no download.
+"""The main job: train ADIOS on the embedded scenes, measure it, publish it, load it back.
 
-    python train/demo.py [--steps 150] [--out runs/demo]
+    python train/demo.py                     # a few minutes on 2 CPU cores, no download
+    python train/demo.py --out runs/demo2 epochs=2     # recipe overrides after the options
 
-1. pretrain ADIOS (adios_resnet18, SimCLR base; recipes/adios_resnet18.simclr_scenes.yaml with
-   a short schedule) through train/pretrain.py, exactly as a user would launch it;
-2. weighted kNN on held-out scenes (train/knn.py): the trained backbone against the same
-   architecture untrained and raw pixels, measured in the same run;
-3. mask score of the learned occluder on held-out scenes against random and block masks of the
-   same K and area (train/maskscore.py), and the mask picture the run saved;
-4. publish the backbone and its occluder to a local Hub-layout folder with its own weight table
-   (train/publish.py), then load it back with `zoo.create_model(<folder>)` and
-   `torch.hub.load(<repo>, "adios_resnet18", tag=..., source="local")` and check both give the
-   trained backbone's features exactly (fp16 release: up to fp16 rounding);
-5. print a table of what it did.
-
-Each step is the project's own command (printed before it runs), so any line can be re-run alone.
-The numbers are CPU-scale smoke numbers of a ~150-step run, not a release.
+1. Pretrain `adios_resnet18` (SimCLR base, N = 3 masks) on the embedded synthetic scenes with
+   recipes/demo.adios_resnet18.simclr_scenes.yaml, through train/pretrain.py's `main` (the same
+   loop `accelerate launch` runs).
+2. kNN top-1 on held-out scenes (zoo.evaluation: weighted kNN, cosine, T = 0.1, k = 20 and 200,
+   unaugmented 32 px images) for the trained backbone, the same architecture untrained (same
+   seed as training's initialisation) and raw pixels, in the same run.
+3. Mask score on held-out scenes (best IoU per ground-truth object over the K masks binarised at
+   0.5) of the learned occluder, against random and block masks of the same K and area.
+4. The mask picture: held-out scenes | the N learned masks | the masked views (masks.png), and
+   the same scenes under random masks of the same area (masks_random.png).
+5. Publish the backbone and the occluder to a local Hub-layout folder (zoo.publish), recorded in
+   a private weight table beside it (ZOO_RELEASED / ZOO_WEIGHTS_DIR point there: the repository's
+   own table is not touched), then load it back with `zoo.create_model("local-dir:...")` and
+   `torch.hub.load(repo, "adios_resnet18", tag="demo_scenes", source="local")`, and check both give
+   the trained backbone's outputs.
+6. Print a table of what it did; everything is also in OUT/demo.json.
 """
 from __future__ import annotations
 
@@ -23,83 +26,146 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "recipes" / "adios_resnet18.simclr_scenes.yaml"
-TAG = "simclr_scenes_demo"
+sys.path.insert(0, str(REPO))                       # run from a clone without installing
+
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import zoo  # noqa: E402
+from train import pretrain  # noqa: E402
+from train.mask_grid import save_mask_grid  # noqa: E402
+from zoo.data import DATASETS, SceneDataset, eval_transform  # noqa: E402
+from zoo.evaluation import extract_features, knn_classify, random_masks_like, score_masker  # noqa: E402
+
+RECIPE = REPO / "recipes" / "demo.adios_resnet18.simclr_scenes.yaml"
+NAME, TAG = "adios_resnet18", "demo_scenes"
 
 
-def run(cmd: list[str], env: dict | None = None) -> float:
-    """Run one project command, echoing it; stop the demo (with its output) if it fails."""
-    print("$", " ".join(str(c) for c in cmd), flush=True)
-    t0 = time.time()
-    subprocess.run([str(c) for c in cmd], cwd=REPO, check=True, env=env)
-    return time.time() - t0
+def scenes_tensors(split: str, n: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n scenes of a split as normalised, unaugmented tensors (rendered once, shared by all evaluations)."""
+    stats = DATASETS["scenes"]
+    ds = SceneDataset(split, image_size, length=n, transform=eval_transform(image_size, stats["mean"], stats["std"]))
+    xs, ys = zip(*(ds[i] for i in range(n)))
+    return torch.stack(xs), torch.tensor(ys)
 
 
-def load_back(folder: Path, table: Path, run_dir: Path) -> dict:
-    """Load the published folder two ways in a fresh process and compare with the run's backbone."""
-    code = f"""
-import json, torch, zoo
-from zoo.runs import load_pretrainer
-ref = load_pretrainer({str(run_dir)!r})[0].exported_backbone().eval()
-a = zoo.create_model({str(folder)!r}).eval()
-b = torch.hub.load({str(REPO)!r}, "adios_resnet18", tag={TAG!r}, source="local").eval()
-x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-with torch.no_grad():
-    r, fa, fb = ref(x), a(x), b(x)
-print(json.dumps(dict(folder_vs_hub=float((fa - fb).abs().max()),
-                      release_vs_run=float(((fa - r).abs().max() / r.abs().max()))))) 
-"""
-    env = dict(os.environ, ZOO_RELEASED=str(table), ZOO_WEIGHTS_DIR=str(folder.parent))
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True,
-                         capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def knn(backbone, train, test) -> dict:
+    data = [list(zip(*t)) for t in (train, test)]
+    (train_f, train_y), (test_f, test_y) = (extract_features(backbone, d, batch_size=256) for d in data)
+    return knn_classify(train_f, train_y, test_f, test_y, k=(20, 200), T=0.1)
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=150, help="optimizer steps of pretraining")
-    ap.add_argument("--out", type=Path, default=REPO / "runs" / "demo")
-    ap.add_argument("--eval-train", type=int, default=5000, help="kNN memory bank (train scenes)")
-    ap.add_argument("--eval-test", type=int, default=1000, help="held-out test scenes")
-    args = ap.parse_args(argv)
-    py, run_dir = sys.executable, args.out / "adios_resnet18"
-    if args.out.exists():
-        shutil.rmtree(args.out)
-    timings = {}
-    timings["pretrain"] = run([py, "train/pretrain.py", "--recipe", RECIPE, f"run_dir={run_dir}",
-                               f"max_steps={args.steps}", "batch_size=64", "warmup_epochs=0.1",
-                               "ckpt_every=0", "num_workers=0", f"mask_grid_every={args.steps}"])
-    limits = ["--limit-train", args.eval_train, "--limit-test", args.eval_test]
-    timings["knn"] = run([py, "train/knn.py", run_dir, "--baselines", *limits])
-    timings["maskscore"] = run([py, "train/maskscore.py", run_dir, "--n", args.eval_test])
-    folder, table = args.out / "weights" / f"adios_resnet18.{TAG}", args.out / "released.json"
-    timings["publish"] = run([py, "train/publish.py", run_dir, "--tag", TAG, "--out", folder,
-                              "--table", table, "--fact", "note=demo run, not a release"])
-    t0 = time.time()
-    loaded = load_back(folder, table, run_dir)
-    timings["load back"] = time.time() - t0
+def max_diff(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((a.eval()(x) - b.eval()(x)).abs().max())
 
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=REPO / "runs" / "demo", help="output folder (replaced if it holds an earlier demo)")
+    p.add_argument("--knn-train", type=int, default=2000, help="train scenes in the kNN memory bank")
+    p.add_argument("--knn-test", type=int, default=1000, help="held-out test scenes for kNN")
+    p.add_argument("--mask-images", type=int, default=500, help="held-out scenes for the mask score")
+    p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. epochs=2")
+    args = p.parse_args(argv)
+    out: Path = args.out.resolve()
+    if out.exists():
+        if not (out / "demo.json").exists() and any(out.iterdir()):
+            p.error(f"{out} exists and is not an earlier demo's folder: pick another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    t0 = time.perf_counter()
+
+    # 1. pretrain -------------------------------------------------------------------------------
+    run_dir = out / "run"
+    pretrainer = pretrain.main(["--recipe", str(RECIPE), f"run_dir={run_dir}", *args.overrides])
+    pretrainer = pretrainer.float().cpu().eval()
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    pictures = sorted(run_dir.glob("**/*.png"))
-    print("\n== zoo main job: ADIOS (SimCLR base) on ResNet-18, embedded scenes, 32 px ==")
-    rows = [(k, v) for k, v in sorted(metrics.items()) if isinstance(v, (int, float))
-            and ("knn" in k or "top1" in k or "mask" in k or "iou" in k)]
-    width = max([len(k) for k, _ in rows] + [30])
-    for key, value in rows:
-        print(f"  {key:<{width}}  {value:.4g}")
-    print(f"  {'load back: folder vs torch.hub (max |diff|)':<{width}}  {loaded['folder_vs_hub']:.3g}")
-    print(f"  {'load back: release vs run (rel. max diff, fp16)':<{width}}  {loaded['release_vs_run']:.3g}")
-    print(f"  {'mask picture':<{width}}  {pictures[-1] if pictures else 'none saved'}")
-    print(f"  {'published folder':<{width}}  {folder}")
-    print("  wall-clock: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
-    if loaded["folder_vs_hub"] != 0.0 or loaded["release_vs_run"] > 1e-2:
-        sys.exit("the published weights do not reproduce the trained backbone")
+    recipe = __import__("yaml").safe_load((run_dir / "recipe.yaml").read_text())
+    facts = metrics["pretrain"]
+    t_train = time.perf_counter() - t0
+    size = recipe["image_size"]
+
+    # 2. kNN: trained vs the same architecture untrained vs raw pixels --------------------------
+    train, test = scenes_tensors("train", args.knn_train, size), scenes_tensors("test", args.knn_test, size)
+    backbone = pretrainer.exported_backbone()
+    torch.manual_seed(recipe["seed"])                      # the initial weights training started from
+    untrained = zoo.create_pretrainer(recipe["model"], recipe["objective"], **recipe["model_args"]).exported_backbone()
+    results = {"scenes/" + k: v for k, v in knn(backbone, train, test).items()}
+    results.update({"scenes/untrained/" + k: v for k, v in knn(untrained, train, test).items()})
+    results.update({"scenes/raw_pixels/" + k: v for k, v in knn(torch.nn.Flatten(), train, test).items()})
+    results["scenes/knn_protocol"] = (f"weighted kNN, cosine, T=0.1, k=[20, 200], train={args.knn_train} "
+                                      f"scenes, test={args.knn_test} held-out scenes, {size} px, unaugmented")
+
+    # 3. mask score against random / block masks of the same K and area ---------------------------
+    score = score_masker(pretrainer.masker, image_size=size, n=args.mask_images, seed=0)
+    results.update({f"scenes/{k}": v for k, v in score.items()})
+    results["scenes/mask_protocol"] = (f"best IoU per ground-truth object over K masks binarised at 0.5, "
+                                       f"{args.mask_images} held-out scenes; baselines: same K and area")
+
+    # 4. the mask pictures -----------------------------------------------------------------------
+    stats = DATASETS["scenes"]
+    x = test[0][:8]
+    with torch.no_grad():
+        learned = pretrainer.masker(x)
+    random = random_masks_like(learned, (size, size), generator=torch.Generator().manual_seed(0))
+    save_mask_grid(out / "masks.png", x, learned, stats["mean"], stats["std"])
+    save_mask_grid(out / "masks_random.png", x, random.float(), stats["mean"], stats["std"])
+
+    # 5. publish, then load back through zoo.create_model and torch.hub -------------------------
+    from zoo.publish import publish, update_table
+    weights_dir, table = out / "weights", out / "released.json"
+    metrics.update(results)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    folder = weights_dir / f"{NAME}.{TAG}"
+    entry = publish(backbone, folder, NAME, TAG, recipe=recipe, metrics=metrics, masker=pretrainer.masker,
+                    facts={"wall_clock_s": facts["wall_clock_s"], "machine": f"{os.cpu_count()} CPU cores"},
+                    commands={"knn": "python train/demo.py", "mask": "python train/demo.py"})
+    update_table(entry, table)
+    probe = test[0][:16]
+    from_folder = zoo.create_model(f"local-dir:{folder}")
+    saved_env = {k: os.environ.get(k) for k in ("ZOO_RELEASED", "ZOO_WEIGHTS_DIR")}
+    os.environ.update(ZOO_RELEASED=str(table), ZOO_WEIGHTS_DIR=str(weights_dir))
+    try:
+        from_hub = torch.hub.load(str(REPO), NAME, tag=TAG, pretrained=True, source="local", trust_repo=True)
+    finally:
+        for k, v in saved_env.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    loads = {"create_model": max_diff(backbone, from_folder, probe), "torch_hub": max_diff(backbone, from_hub, probe)}
+
+    # 6. the table -------------------------------------------------------------------------------
+    summary = {"recipe": str(RECIPE.relative_to(REPO)), "run_dir": str(run_dir), "pretrain": facts,
+               "results": results, "published": str(folder), "files": entry["files"],
+               "load_max_abs_diff": loads, "wall_clock_s": round(time.perf_counter() - t0, 1)}
+    (out / "demo.json").write_text(json.dumps(summary, indent=2))
+    r = results
+    rows = [
+        ("pretrain", f"{recipe['model']} ({recipe['objective']}, N={recipe['model_args']['num_masks']}) on "
+                     f"{recipe['limit_train']} scenes x {recipe['epochs']} epochs: {facts['steps']} steps "
+                     f"in {facts['wall_clock_s']:.0f} s ({facts['images'] / max(facts['wall_clock_s'], 1e-9):.0f} img/s)"),
+        ("kNN top-1 k=20", f"trained {r['scenes/knn_top1_k20']:.1f} %   untrained {r['scenes/untrained/knn_top1_k20']:.1f} %"
+                           f"   raw pixels {r['scenes/raw_pixels/knn_top1_k20']:.1f} %"),
+        ("kNN top-1 k=200", f"trained {r['scenes/knn_top1_k200']:.1f} %   untrained {r['scenes/untrained/knn_top1_k200']:.1f} %"
+                            f"   raw pixels {r['scenes/raw_pixels/knn_top1_k200']:.1f} %"),
+        ("mask score (IoU)", f"learned {r['scenes/mask_score']:.3f}   random {r['scenes/mask_score_random']:.3f}"
+                             f"   block {r['scenes/mask_score_block']:.3f}   (K={r['scenes/mask_k']}, "
+                             f"area {r['scenes/mask_area']:.2f})"),
+        ("mask pictures", f"{out / 'masks.png'} (learned), {out / 'masks_random.png'} (random)"),
+        ("published", f"{folder} ({', '.join(entry['files'])})"),
+        ("zoo.create_model", f"\"local-dir:{folder.name}\": max |diff| vs trained {loads['create_model']:.1e}"),
+        ("torch.hub.load", f"(repo, \"{NAME}\", tag=\"{TAG}\", source=\"local\"): max |diff| {loads['torch_hub']:.1e}"),
+        ("wall-clock", f"{summary['wall_clock_s']:.0f} s in all ({t_train:.0f} s to the trained model)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\n" + "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
+    if max(loads.values()) != 0.0:
+        raise SystemExit("the published weights do not reproduce the trained backbone")
+    return summary
 
 
 if __name__ == "__main__":
