@@ -33,7 +33,8 @@ def test_knn_raw_pixels_to_out_dir(tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved == m and set(m) == {"scenes/raw_pixels/knn_top1_k20", "scenes/raw_pixels/knn_top1_k200",
                                      "scenes/raw_pixels/knn_protocol"}
-    assert 0 <= m["scenes/raw_pixels/knn_top1_k20"] <= 100 and "train=200" in m["scenes/raw_pixels/knn_protocol"]
+    assert 0 <= m["scenes/raw_pixels/knn_top1_k20"] <= 100
+    assert "train=200" in m["scenes/raw_pixels/knn_protocol"]
 
 
 def test_knn_run_dir_with_baselines_merges_metrics(run_dir):

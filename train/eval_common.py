@@ -4,8 +4,8 @@ A SOURCE is a run directory (its exported backbone; data, image size and normali
 its recipe's), a zoo model name (`zoo.create_model(name, pretrained=True)`; image size and
 normalisation from its pretrained cfg, data default fashion_mnist, the released weights' data),
 `local-dir:<folder>` (vanilla timm loading a published folder, likewise) or `raw-pixels` (the
-flattened normalised image: the raw-pixel baseline). Metrics go to SOURCE/metrics.json for a run directory, else to --out/metrics.json when
-given, under keys "<data>/<metric>" (e.g. "scenes/knn_top1_k20"); the baselines of --baselines
+flattened normalised image: the raw-pixel baseline). Metrics go to SOURCE/metrics.json for a run
+directory, else to --out/metrics.json when given, under keys "<data>/<metric>" (e.g. "scenes/knn_top1_k20"); the baselines of --baselines
 under "<data>/untrained/<metric>" and "<data>/raw_pixels/<metric>".
 """
 from __future__ import annotations

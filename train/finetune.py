@@ -61,8 +61,8 @@ def main(argv=None) -> dict:
         p.error(f"the class count of {data!r} is unknown (its labels are not a ClassLabel)")
     # zoo name: zoo.create_model(name, pretrained=True, num_classes=N); run: fresh head
     model, data, args.image_size = ec.backbone_and_defaults(args, num_classes, not args.untrained)
-    train, test = ec.datasets(args, data, args.image_size,
-                              train_transform=finetune_transform(args.image_size, *ec.normalisation(args, data)))
+    augment = finetune_transform(args.image_size, *ec.normalisation(args, data))
+    train, test = ec.datasets(args, data, args.image_size, train_transform=augment)
 
     per_process = max(1, args.batch_size // accelerator.num_processes)
     train_loader = DataLoader(train, batch_size=per_process, shuffle=True, drop_last=True,

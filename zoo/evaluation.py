@@ -62,19 +62,18 @@ def load_backbone(source: str, num_classes: int = 0, pretrained: bool = True) ->
     """(plain timm backbone, info) from a run directory, a zoo model name or `local-dir:<path>`.
 
     info: {"source", "kind": "run" | "name" | "local-dir", "data", "image_size", "mean", "std"}
-    where known (a run's recipe, a weight's pretrained cfg). num_classes > 0 gives a fresh classifier head.
-    pretrained=False builds the same architecture untrained (the "untrained" baseline).
+    where known (a run's recipe, a weight's pretrained cfg). num_classes > 0 gives a fresh
+    classifier head; pretrained=False the same architecture untrained (the "untrained" baseline).
     """
     info = {"source": source, "data": None, "image_size": None}
     if Path(source).is_dir() and (Path(source) / "recipe.yaml").exists():
         from zoo.runs import load_pretrainer
         pretrainer, recipe = load_pretrainer(source)
         backbone = pretrainer.exported_backbone()
-        if not pretrained:  # the exported architecture, fresh weights
-            import timm
-            from zoo.registry import get_method
-            entry = get_method(recipe["model"])
-            backbone = timm.create_model(entry.timm_arch, num_classes=0, **entry.model_args)
+        if not pretrained:  # the same pretrainer built afresh: the exported architecture, untrained
+            from zoo.registry import create_pretrainer
+            backbone = create_pretrainer(recipe["model"], recipe.get("objective"),
+                                         **recipe.get("model_args", {})).exported_backbone()
         if num_classes:
             backbone.reset_classifier(num_classes)
         info.update(kind="run", data=recipe.get("data"), image_size=recipe.get("image_size"))

@@ -3,13 +3,15 @@
 `two_views(preset, image_size, mean, std)` returns a callable PIL image -> list of view tensors
 (2 views for the siamese methods, 1 for MAE / AutoMAE); `eval_transform` resizes and normalises.
 
-| preset            | views | spatial                              | colour / other                                   |
-|-------------------|-------|--------------------------------------|--------------------------------------------------|
-| simclr, adios     | 2     | RandomResizedCrop(0.08-1) + flip, independent per view | ColorJitter(0.8, 0.8, 0.8, 0.2) p 0.8, grayscale p 0.2, blur p 0.5 (both views) |
-| byol              | 2     | as simclr                            | ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2; blur p 1.0 / 0.1, solarize p 0 / 0.2 (view 1 / view 2) |
-| mae               | 1     | RandomResizedCrop(0.2-1) + flip      | none                                             |
-| extrema           | 2     | ONE RandomResizedCrop(0.2-1) + flip shared by both views | independent ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2 per view; no blur |
-| extrema_spatial   | 2     | as extrema                           | none: both views are the same tensor (ExtreMA's `--aug-spatial`) |
+- `simclr`, `adios` (2 views): RandomResizedCrop(0.08-1) + flip, independent per view;
+  ColorJitter(0.8, 0.8, 0.8, 0.2) p 0.8, grayscale p 0.2, blur p 0.5 on both views.
+- `byol` (2 views): crops as simclr; ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8, grayscale p 0.2;
+  blur p 1.0 / 0.1 and solarize p 0 / 0.2 (view 1 / view 2).
+- `mae` (1 view): RandomResizedCrop(0.2-1) + flip, nothing else.
+- `extrema` (2 views): ONE RandomResizedCrop(0.2-1) + flip shared by both views, then an
+  independent ColorJitter(0.4, 0.4, 0.2, 0.1) p 0.8 and grayscale p 0.2 per view; no blur.
+- `extrema_spatial` (2 views): the shared crop only; both views are the same tensor (ExtreMA's
+  `--aug-spatial`, masking being the only difference between the branches).
 
 Sources: ADIOS `pretrain_dataloader.py` defaults (jitter 0.8/0.8/0.8/0.2, blur p 0.5, no solarise;
 some ADIOS scripts override the jitter, pass `jitter=`), BYOL / solo-learn asymmetric pipeline, MAE
