@@ -105,6 +105,20 @@ def loading_table(d: dict) -> str:
               f"{d['warm_ratio_vs_sha']:.2f}x).")
 
 
+def diagnostics_tables(d: dict) -> str:
+    rows = [[r["tokens"], r["sequences"], r["precision"], f"{r['fused_s'] * 1e3:.2f}",
+             f"{r['plain_s'] * 1e3:.2f}", _f(r["fused_over_plain"]) + "x"]
+            for r in d["attention"].values()]
+    out = ("Attention, forward + backward, 3 heads x 64:\n\n"
+           + _table(["tokens", "sequences", "precision", "fused SDPA ms", "plain ms", "fused / plain"], rows))
+    rp = d["resnet_phases"]
+    rows = [[k, f"{rp['fp32'][k] * 1e3:.1f}", f"{rp['bf16'][k] * 1e3:.1f}", _f(rp["speedup"][k]) + "x"]
+            for k in rp["fp32"]]
+    out += (f"\n\nResNet-18, 32 px, batch {rp['batch']}, one step split:\n\n"
+            + _table(["part", "fp32 ms", "bf16 + channels_last ms", "speedup"], rows))
+    return out
+
+
 def quality_table(d: dict) -> str:
     if "skipped" in d:
         return f"Skipped: {d['skipped']}"
@@ -149,6 +163,7 @@ def render(results: dict, before: dict | None = None) -> str:
                             ("versus", "Ours vs lightly (same backbone, heads, batch, inputs)", versus_table),
                             ("masking", "What masking costs", masking_tables),
                             ("loading", "create_model latency", loading_table),
+                            ("diagnostics", "Diagnostics: attention kernels, ResNet at 32 px", diagnostics_tables),
                             ("quality", "Quality at a fixed budget (Fashion-MNIST kNN)", quality_table)):
         d, sec = _data(results, name)
         if d is None:

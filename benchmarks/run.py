@@ -7,8 +7,9 @@
 
 Sections: peak (matmul GFLOP/s), pretrainers (every registered pretrainer at CPU scale; one
 fresh process per case for clean peak memory), versus (ours vs lightly), masking (batched K-mask
-forward vs loop; ADIOS / ADIOS-s / ExtreMA cost ratios), loading (create_model latency), quality
-(kNN after equal minutes; only when named, it is long). `--merge` keeps the other sections of an
+forward vs loop; ADIOS / ADIOS-s / ExtreMA cost ratios), loading (create_model latency),
+diagnostics (attention kernels, ResNet fwd/bwd split in fp32 vs bf16), quality (kNN after equal
+minutes; only when named, it is long). `--merge` keeps the other sections of an
 existing JSON file, so sections can be re-run one at a time; every run appends its command,
 machine line and load averages to `runs`, and every section names the run that produced it.
 """
@@ -26,8 +27,8 @@ from pathlib import Path
 from benchmarks import common
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("peak", "pretrainers", "versus", "masking", "loading", "quality")
-DEFAULT = ("peak", "pretrainers", "versus", "masking", "loading")
+SECTIONS = ("peak", "pretrainers", "versus", "masking", "loading", "diagnostics", "quality")
+DEFAULT = ("peak", "pretrainers", "versus", "masking", "loading", "diagnostics")
 SCHEMA = 1
 
 
@@ -142,6 +143,9 @@ def main(argv=None) -> dict:
     if "loading" in sections:
         from benchmarks import loading
         section("loading", lambda: loading.run(a.quick))
+    if "diagnostics" in sections:
+        from benchmarks import diagnostics
+        section("diagnostics", lambda: diagnostics.run(a.quick))
     if "quality" in sections:
         from benchmarks import quality
         kw = (dict(minutes=min(a.quality_minutes, 0.05), batch=16, knn_train=200, knn_test=100)
