@@ -56,8 +56,10 @@ def pretrainer_table(d: dict) -> str:
                      _f(r["step_s"], "{:.3f}") + (f" ({phases})" if phases else ""),
                      _f(r["flops_per_step"] / 1e9, "{:.1f}"), _f(r["achieved_gflops"], "{:.1f}"),
                      _f(r.get("mfu"), "{:.1%}"), _f(r["peak_mem_mb"], "{:.0f}"), r.get("optimizer", "")])
+    notes = [f"- {r['case']}: {r['note']}" for r in d.values() if r.get("note")]
     return _table(["pretrainer[:objective]", "precision", "batch", "images/s", "step s (per phase)",
-                   "GFLOP/step", "GFLOP/s", "MFU", "peak mem MiB", "optimizer"], rows)
+                   "GFLOP/step", "GFLOP/s", "MFU", "peak mem MiB", "optimizer"], rows) + (
+        "\n\n" + "\n".join(notes) if notes else "")
 
 
 def versus_table(d: dict) -> str:
@@ -148,8 +150,16 @@ def before_after(before: dict, after: dict) -> str:
         if k in bm and "speedup" in am[k] and "speedup" in bm[k]:
             rows.append([f"K-mask loop / batched: {k}", "", "", "", "", _f(bm[k]["speedup"]) + "x",
                          _f(am[k]["speedup"]) + "x"])
-    return _table(["method", "fp32 ratio before", "after", "bf16 ratio before", "after",
-                   "speedup before", "after"], rows)
+    out = _table(["method", "fp32 ratio before", "after", "bf16 ratio before", "after",
+                  "speedup before", "after"], rows)
+    bp = (before.get("pretrainers") or {}).get("data") or {}
+    ap = (after.get("pretrainers") or {}).get("data") or {}
+    rows = [[k, _f(bp[k]["images_per_s"], "{:.1f}"), _f(ap[k]["images_per_s"], "{:.1f}"),
+             _f(ap[k]["images_per_s"] / bp[k]["images_per_s"]) + "x"]
+            for k in ap if k in bp and "images_per_s" in ap[k] and "images_per_s" in bp[k]]
+    if rows:
+        out += "\n\n" + _table(["pretrainer", "images/s before", "after", "after / before"], rows)
+    return out
 
 
 def render(results: dict, before: dict | None = None) -> str:

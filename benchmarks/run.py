@@ -10,8 +10,9 @@ fresh process per case for clean peak memory), versus (ours vs lightly), masking
 forward vs loop; ADIOS / ADIOS-s / ExtreMA cost ratios), loading (create_model latency),
 diagnostics (attention kernels, ResNet fwd/bwd split in fp32 vs bf16), quality (kNN after equal
 minutes; only when named, it is long). `--merge` keeps the other sections of an
-existing JSON file, so sections can be re-run one at a time; every run appends its command,
-machine line and load averages to `runs`, and every section names the run that produced it.
+existing JSON file, so sections can be re-run one at a time (pretrainer and versus cases merge
+case by case); every run appends its command, machine line and load averages to `runs`, and
+every section (and every pretrainer / versus case) names the run that produced it.
 """
 from __future__ import annotations
 
@@ -119,6 +120,13 @@ def main(argv=None) -> dict:
             import traceback
             traceback.print_exc()
             data = dict(error=f"{type(e).__name__}: {e}")
+        if isinstance(data, dict) and name in ("pretrainers", "versus"):
+            for case in data.values():
+                if isinstance(case, dict):
+                    case["run"] = run_index
+            old = (results.get(name) or {}).get("data")
+            if a.merge and isinstance(old, dict) and "error" not in old:
+                data = {**old, **data}         # case-level merge: re-run some cases only
         results[name] = dict(data=data, run=run_index, seconds=time.perf_counter() - t0,
                              load_before=load0, load_after=list(os.getloadavg()))
         _write(out_path, results)
