@@ -146,10 +146,13 @@ def before_after(before: dict, after: dict) -> str:
                          _f(a[m]["speedup_default"]) + "x"])
     bm = ((before.get("masking") or {}).get("data") or {}).get("batched_vs_loop", {})
     am = ((after.get("masking") or {}).get("data") or {}).get("batched_vs_loop", {})
-    for k in am:
-        if k in bm and "speedup" in am[k] and "speedup" in bm[k]:
-            rows.append([f"K-mask loop / batched: {k}", "", "", "", "", _f(bm[k]["speedup"]) + "x",
-                         _f(am[k]["speedup"]) + "x"])
+    ident = lambda r: (r.get("arch"), r.get("K"), r.get("kind"), r.get("precision"), r.get("batch"))  # noqa: E731
+    bm = {ident(r): r for r in bm.values()}
+    for k, r in am.items():
+        b = bm.get(ident(r))
+        if b and "speedup" in r and "speedup" in b:
+            rows.append([f"K-mask loop / batched: {k}", "", "", "", "", _f(b["speedup"]) + "x",
+                         _f(r["speedup"]) + "x"])
     out = _table(["method", "fp32 ratio before", "after", "bf16 ratio before", "after",
                   "speedup before", "after"], rows)
     bp = (before.get("pretrainers") or {}).get("data") or {}
