@@ -65,6 +65,11 @@ from train.recipe import Recipe
 from train.sampling import SeededSamples, StepSampler
 
 
+# Recipe fields that do not change what is computed (a resume may change them freely).
+_BOOKKEEPING = ("resume", "max_steps", "run_dir", "num_workers", "log_every", "ckpt_every",
+                "mask_grid_every", "tensorboard", "strict_data", "data_root")
+
+
 class TrainingStopped(RuntimeError):
     """The run cannot go on (non-finite loss, bad setup); the message says why and what is kept."""
 
@@ -162,6 +167,11 @@ def main(argv=None) -> torch.nn.Module:
         progress = load_checkpoint(accelerator, found[1])
         step = progress["step"]
         accelerator.print(f"resumed from {found[1]} at step {step}/{last_step}")
+        changed = {k: (v, recipe.to_dict().get(k)) for k, v in progress.get("recipe", {}).items()
+                   if k not in _BOOKKEEPING and recipe.to_dict().get(k) != v}
+        if changed:                                # allowed (e.g. a fixed data path), but not step-exact
+            accelerator.print("warning: the recipe differs from the checkpoint's, the run is no longer "
+                              "step-exact: " + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
     elif recipe.resume:
         accelerator.print(f"resume=true but {run_dir} has no checkpoint yet: starting at step 0")
     log_path = run_dir / "log.jsonl"
