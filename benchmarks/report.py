@@ -165,8 +165,53 @@ def before_after(before: dict, after: dict) -> str:
     return out
 
 
+def summary(results: dict, before: dict | None = None) -> str:
+    """The targets of issue 6, checked against the numbers (computed here, never typed)."""
+    lines = []
+    vs = {k: r for k, r in ((results.get("versus") or {}).get("data") or {}).items() if "ratio_fp32" in r}
+    if vs:
+        worst = max(max(r["ratio_fp32"], r["ratio_bf16"]) for r in vs.values())
+        ok = all(max(r["ratio_fp32"], r["ratio_bf16"]) <= 1.05 for r in vs.values())
+        lines.append(f"- Equal settings (ours / lightly step time, fp32 and bf16, every shared method and "
+                     f"batch): worst {worst:.2f} -> {'met' if ok else 'NOT met'} (<= 1.05).")
+        eq = all(r["loss_equal"] for r in vs.values())
+        lines.append(f"- Same weights, same inputs: losses and backbone gradients "
+                     f"{'equal up to float rounding in every case' if eq else 'DIFFER in some case'}.")
+        met = [k for k, r in vs.items() if r["speedup_default"] >= 1.5]
+        missed = [f"{k} ({vs[k]['speedup_default']:.2f}x)" for k in vs if k not in met]
+        lines.append(f"- Default precision (ours bf16 + channels_last vs lightly fp32): >= 1.5x in "
+                     f"{len(met)} of {len(vs)} cases" + (f"; below: {', '.join(missed)}." if missed else "."))
+    mk = ((results.get("masking") or {}).get("data") or {}).get("batched_vs_loop") or {}
+    mk = {k: r for k, r in mk.items() if "speedup" in r}
+    if mk:
+        lines.append("- Batched K-mask forward vs a loop over masks (loop / batched): "
+                     + ", ".join(f"{k}: {r['speedup']:.2f}x" for k, r in mk.items()) + ".")
+    dg = (results.get("diagnostics") or {}).get("data") or {}
+    if "attention" in dg:
+        at = dg["attention"].values()
+        for prec in ("bf16", "fp32"):
+            xs = [r["fused_over_plain"] for r in at if r["precision"] == prec]
+            if xs:
+                lines.append(f"- CPU attention, fused SDPA / plain, {prec}: {min(xs):.2f}x to {max(xs):.2f}x "
+                             f"over {', '.join(str(r['tokens']) for r in at if r['precision'] == prec)} tokens.")
+    if "resnet_phases" in dg:
+        sp = dg["resnet_phases"]["speedup"]
+        lines.append(f"- ResNet-18 at 32 px, bf16 + channels_last over fp32: forward {sp['forward']:.2f}x, "
+                     f"backward {sp['backward']:.2f}x, optimizer {sp['optimizer']:.2f}x.")
+    if before:
+        bp = (before.get("pretrainers") or {}).get("data") or {}
+        ap = (results.get("pretrainers") or {}).get("data") or {}
+        gains = [ap[k]["images_per_s"] / bp[k]["images_per_s"] for k in ap
+                 if k in bp and "images_per_s" in ap[k] and "images_per_s" in bp[k]]
+        if gains:
+            lines.append(f"- ViT pretrainers after the attention change: {min(gains):.2f}x to "
+                         f"{max(gains):.2f}x the images/s of before (bf16, same harness).")
+    return "## Summary (computed from the results)\n\n" + "\n".join(lines) if lines else ""
+
+
 def render(results: dict, before: dict | None = None) -> str:
-    parts = []
+    head = summary(results, before)
+    parts = [head] if head else []
     runs = results.get("runs") or []
     if runs:
         parts.append("## Machine\n\n" + "\n".join(f"- run {i}: {r['machine_line']} (`{r['command']}`, {r['started']})"
