@@ -74,17 +74,19 @@ def main(argv=None) -> dict:
     p.add_argument("overrides", nargs="*", help="recipe overrides, e.g. epochs=2")
     args = p.parse_args(argv)
     out: Path = args.out.resolve()
-    if out.exists():
-        if not (out / "demo.json").exists() and any(out.iterdir()):
+    if out.exists():                                   # only ever delete a folder this script made
+        if not (out / ".zoo-demo").exists() and any(out.iterdir()):
             p.error(f"{out} exists and is not an earlier demo's folder: pick another --out")
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    (out / ".zoo-demo").write_text("made by train/demo.py; deleted by its next run\n")
     t0 = time.perf_counter()
 
     # 1. pretrain -------------------------------------------------------------------------------
     run_dir = out / "run"
     pretrainer = pretrain.main(["--recipe", str(RECIPE), f"run_dir={run_dir}", *args.overrides])
-    pretrainer = pretrainer.float().cpu().eval()
+    # fp32, contiguous, eval: exactly what a user gets back from the published folder
+    pretrainer = pretrainer.float().cpu().to(memory_format=torch.contiguous_format).eval()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     recipe = __import__("yaml").safe_load((run_dir / "recipe.yaml").read_text())
     facts = metrics["pretrain"]
@@ -141,7 +143,13 @@ def main(argv=None) -> dict:
     # 6. the table -------------------------------------------------------------------------------
     summary = {"recipe": str(RECIPE.relative_to(REPO)), "run_dir": str(run_dir), "pretrain": facts,
                "results": results, "published": str(folder), "files": entry["files"],
-               "load_max_abs_diff": loads, "wall_clock_s": round(time.perf_counter() - t0, 1)}
+               "load_max_abs_diff": loads, "wall_clock_s": round(time.perf_counter() - t0, 1),
+               "commands": {   # the project's own commands for each step (full splits by default)
+                   "pretrain": f"python train/pretrain.py --recipe {RECIPE.relative_to(REPO)} run_dir={run_dir}",
+                   "knn": f"python train/knn.py {run_dir} --baselines --limit-train {args.knn_train} "
+                          f"--limit-test {args.knn_test}",
+                   "mask": f"python train/maskscore.py {run_dir} --n {args.mask_images}",
+                   "publish": f"python train/publish.py {run_dir} --tag {TAG} --out {folder} --table {table}"}}
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
     r = results
     rows = [
@@ -163,7 +171,8 @@ def main(argv=None) -> dict:
     ]
     width = max(len(k) for k, _ in rows)
     print("\n" + "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
-    if max(loads.values()) != 0.0:
+    print("\nre-run a step alone:\n" + "\n".join(f"  {c}" for c in summary["commands"].values()))
+    if max(loads.values()) > 1e-5:
         raise SystemExit("the published weights do not reproduce the trained backbone")
     return summary
 
