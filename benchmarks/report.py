@@ -198,6 +198,17 @@ def summary(results: dict, before: dict | None = None) -> str:
         sp = dg["resnet_phases"]["speedup"]
         lines.append(f"- ResNet-18 at 32 px, bf16 + channels_last over fp32: forward {sp['forward']:.2f}x, "
                      f"backward {sp['backward']:.2f}x, optimizer {sp['optimizer']:.2f}x.")
+    q = (results.get("quality") or {}).get("data") or {}
+    for m in ("simclr", "byol"):
+        o, t = (q.get("runs") or {}).get(f"{m}/ours"), (q.get("runs") or {}).get(f"{m}/lightly")
+        if o and t:
+            lines.append(f"- Quality, {m}, {q['minutes']} min each: kNN top-1 (k=20) ours {o['knn']['knn_top1_k20']:.2f} "
+                         f"(bf16, {o['images']} images) vs lightly {t['knn']['knn_top1_k20']:.2f} (fp32, "
+                         f"{t['images']} images).")
+    ld = (results.get("loading") or {}).get("data") or {}
+    if "loaders" in ld:
+        lines.append(f"- create_model(pretrained=True), warm: zoo / vanilla timm {ld['warm_ratio']:.2f}x, "
+                     f"zoo / (timm + sha256) {ld['warm_ratio_vs_sha']:.2f}x.")
     if before:
         bp = (before.get("pretrainers") or {}).get("data") or {}
         ap = (results.get("pretrainers") or {}).get("data") or {}
