@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import time
 import sys
 from pathlib import Path
 
@@ -152,3 +153,29 @@ def write_metrics(args, metrics: dict) -> Path | None:
         return None
     update_metrics(target, metrics)
     return Path(target) / "metrics.json"
+
+
+def with_baselines(args, measure) -> tuple[dict, object, object]:
+    """`measure(backbone, train, test, args, prefix)` on the source and, with --baselines (or for
+    `raw-pixels`), on the untrained architecture and raw pixels, in the same run."""
+    backbone, data, args.image_size = backbone_and_defaults(args)
+    train, test = datasets(args, data, args.image_size)
+    metrics = {}
+    if backbone is not None:
+        metrics.update(measure(backbone, train, test, args, data))
+        if args.baselines:
+            metrics.update(measure(untrained(args), train, test, args, f"{data}/untrained"))
+    if backbone is None or args.baselines:
+        metrics.update(measure(raw_pixels(), train, test, args, f"{data}/raw_pixels"))
+    return metrics, train, test
+
+
+def finish(args, metrics: dict, train, test, t0: float) -> None:
+    """Print the metrics and any skipped-image report, and merge them into metrics.json."""
+    for key, value in metrics.items():
+        print(f"{key}: {value:.2f}" if isinstance(value, float) else f"{key}: {value}")
+    report = skipped_report(train, test)
+    if report:
+        print(report)
+    path = write_metrics(args, metrics)
+    print(f"done in {time.time() - t0:.0f} s" + (f", metrics in {path}" if path else ""))

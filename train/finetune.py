@@ -117,13 +117,7 @@ def main(argv=None) -> dict:
                    f"RRC(0.2-1)+flip, train={len(train_loader.dataset)}, test={seen}, "
                    f"image_size={args.image_size}")}
     if accelerator.is_main_process:
-        for key, value in metrics.items():
-            print(f"{key}: {value:.2f}" if isinstance(value, float) else f"{key}: {value}")
-        report = ec.skipped_report(train, test)
-        if report:
-            print(report)
-        path = ec.write_metrics(args, metrics)
-        print(f"done in {time.time() - t0:.0f} s" + (f", metrics in {path}" if path else ""))
+        ec.finish(args, metrics, train, test, t0)
     accelerator.end_training()
     return metrics
 

@@ -44,22 +44,8 @@ def main(argv=None) -> dict:
                    help="also the untrained architecture and raw pixels, in the same run")
     args = p.parse_args(argv)
     t0 = time.time()
-    backbone, data, args.image_size = ec.backbone_and_defaults(args)
-    train, test = ec.datasets(args, data, args.image_size)
-    metrics = {}
-    if backbone is not None:
-        metrics.update(linear_metrics(backbone, train, test, args, data))
-        if args.baselines:
-            metrics.update(linear_metrics(ec.untrained(args), train, test, args, f"{data}/untrained"))
-    if backbone is None or args.baselines:
-        metrics.update(linear_metrics(ec.raw_pixels(), train, test, args, f"{data}/raw_pixels"))
-    for key, value in metrics.items():
-        print(f"{key}: {value:.2f}" if isinstance(value, float) else f"{key}: {value}")
-    report = ec.skipped_report(train, test)
-    if report:
-        print(report)
-    path = ec.write_metrics(args, metrics)
-    print(f"done in {time.time() - t0:.0f} s" + (f", metrics in {path}" if path else ""))
+    metrics, train, test = ec.with_baselines(args, linear_metrics)
+    ec.finish(args, metrics, train, test, t0)
     return metrics
 
 
