@@ -24,7 +24,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import IterableDataset, Subset  # noqa: E402
 
 from zoo.data import build_dataset, dataset_stats, eval_transform  # noqa: E402
-from zoo.evaluation import load_backbone  # noqa: E402
+from zoo.evaluation import extract_features, load_backbone  # noqa: E402
 from zoo.runs import update_metrics  # noqa: E402
 
 RAW = "raw-pixels"
@@ -122,6 +122,13 @@ def datasets(args, data: str, image_size: int, train_transform=None):
 
 def device_of(args) -> torch.device:
     return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def features(backbone, train, test, args) -> tuple:
+    """(train_f, train_y, test_f, test_y): frozen features of both splits, on the eval device."""
+    kw = dict(batch_size=args.batch_size, bf16=args.bf16, num_workers=args.num_workers)
+    backbone = backbone.to(device_of(args))
+    return (*extract_features(backbone, train, **kw), *extract_features(backbone, test, **kw))
 
 
 def raw_pixels() -> nn.Module:

@@ -16,15 +16,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
-from zoo.evaluation import extract_features, knn_classify  # noqa: E402
+from zoo.evaluation import knn_classify  # noqa: E402
 from train import eval_common as ec  # noqa: E402
 
 
 def knn_metrics(backbone, train, test, args, prefix: str) -> dict:
-    kw = dict(batch_size=args.batch_size, bf16=args.bf16, num_workers=args.num_workers)
-    backbone = backbone.to(ec.device_of(args))
-    train_f, train_y = extract_features(backbone, train, **kw)
-    test_f, test_y = extract_features(backbone, test, **kw)
+    return knn_from_features(*ec.features(backbone, train, test, args), args, prefix)
+
+
+def knn_from_features(train_f, train_y, test_f, test_y, args, prefix: str) -> dict:
     result = knn_classify(train_f.to(ec.device_of(args)), train_y, test_f, test_y, k=args.k, T=args.T)
     out = {f"{prefix}/{key}": value for key, value in result.items()}
     out[f"{prefix}/knn_protocol"] = (f"weighted kNN, cosine, T={args.T}, k={list(args.k)}, "

@@ -17,18 +17,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
-from zoo.evaluation import extract_features, linear_probe  # noqa: E402
+from zoo.evaluation import linear_probe  # noqa: E402
 from train import eval_common as ec  # noqa: E402
 
 
 def linear_metrics(backbone, train, test, args, prefix: str) -> dict:
-    kw = dict(batch_size=args.batch_size, bf16=args.bf16, num_workers=args.num_workers)
-    device = ec.device_of(args)
-    backbone = backbone.to(device)
-    train_f, train_y = extract_features(backbone, train, **kw)
-    test_f, test_y = extract_features(backbone, test, **kw)
-    result = linear_probe(train_f, train_y, test_f, test_y, epochs=args.epochs, device=device,
-                          num_classes=ec.num_classes_of(train))
+    return linear_from_features(*ec.features(backbone, train, test, args), args, prefix,
+                                num_classes=ec.num_classes_of(train))
+
+
+def linear_from_features(train_f, train_y, test_f, test_y, args, prefix: str, num_classes=None) -> dict:
+    result = linear_probe(train_f, train_y, test_f, test_y, epochs=args.epochs, device=ec.device_of(args),
+                          num_classes=num_classes)
     out = {f"{prefix}/{key}": value for key, value in result.items()}
     out[f"{prefix}/linear_protocol"] = (f"frozen unaugmented features, standardised, SGD m0.9 lr0.1 "
                                         f"cosine bs256 wd0, {args.epochs} epochs, "

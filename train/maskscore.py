@@ -3,6 +3,7 @@ and area on the same images in the same run (zoo.evaluation.score_masker), writt
 
     python train/maskscore.py runs/adios_resnet18_scenes
     python train/maskscore.py runs/adios_resnet18_scenes --n 256 --out runs/eval
+    python train/maskscore.py adios_resnet18.simclr_scenes --out runs/eval   # a released masker
 
 Score: for each ground-truth object (its visible pixels) the best IoU over the K masks binarised
 at 0.5, averaged over objects. Keys: "scenes/mask_score", "scenes/mask_score_random",
@@ -25,7 +26,8 @@ from zoo.runs import load_pretrainer, update_metrics  # noqa: E402
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("run_dir", help="a run directory (train/pretrain.py) whose pretrainer has a masker")
+    p.add_argument("run_dir", metavar="SOURCE", help="a run directory (train/pretrain.py) whose pretrainer has a "
+                   "masker, or a released name (zoo.create_masker(name, pretrained=True))")
     p.add_argument("--n", type=int, default=1000, help="held-out scenes to score (test split)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=None, help="default: the recipe's")
@@ -34,12 +36,16 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None, help="folder for metrics.json (default: the run directory)")
     args = p.parse_args(argv)
     t0 = time.time()
-    if not (Path(args.run_dir) / "recipe.yaml").exists():
-        p.error(f"{args.run_dir} is not a run directory (no recipe.yaml)")
-    pretrainer, recipe = load_pretrainer(args.run_dir)
-    masker = getattr(pretrainer, "masker", None)
-    if masker is None:
-        p.error(f"{recipe.get('model')} has no masker to score")
+    if (Path(args.run_dir) / "recipe.yaml").exists():
+        pretrainer, recipe = load_pretrainer(args.run_dir)
+        masker = getattr(pretrainer, "masker", None)
+        if masker is None:
+            p.error(f"{recipe.get('model')} has no masker to score")
+    elif args.out is None:
+        p.error(f"{args.run_dir} is not a run directory (no recipe.yaml): give --out for a released name")
+    else:                                  # a released masker, as a user gets it
+        import zoo
+        masker, recipe = zoo.create_masker(args.run_dir, pretrained=True).float(), {}
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     image_size = args.image_size or recipe.get("image_size") or 32
     # the masker sees images normalised as in its training run (the recipe's values, or scenes')

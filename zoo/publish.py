@@ -113,11 +113,11 @@ def _flat(metrics: dict, prefix: str = "") -> dict:
 def split_metrics(metrics: dict) -> tuple[dict, dict, dict]:
     """(own results, baselines measured beside them, protocol notes) of a metrics.json.
 
-    The `pretrain` block (steps, wall-clock) is a training fact, not a result, and `commands` is
-    card data: both are left out here.
+    The `pretrain` block (steps, wall-clock) is a training fact, not a result; `commands` and
+    `seeds` (the same recipe's other seeds, a table of their own) are card data: all are left out.
     """
     own, baselines, notes = {}, {}, {}
-    for k, v in _flat({k: v for k, v in metrics.items() if k not in ("pretrain", "commands")}).items():
+    for k, v in _flat({k: v for k, v in metrics.items() if k not in ("pretrain", "commands", "seeds")}).items():
         if isinstance(v, str):
             notes[k] = v
         elif any(w in k.lower() for w in _BASELINE_WORDS):
@@ -143,6 +143,32 @@ def headline(metrics: dict) -> dict[str, float]:
     """{label: value} of the model's own headline results (kNN, linear, fine-tune, mask score)."""
     own = split_metrics(metrics)[0]
     return {_label(k): v for k, v in own.items() if k.rpartition("/")[2] in HEADLINE}
+
+
+def seeds_table(seeds: dict) -> list[str]:
+    """Markdown lines: the same recipe trained with each seed, the same protocol, mean and spread.
+
+    seeds: {"0": {"knn_top1_k20": .., "knn_top1_k200": .., "linear_top1": .., "wall_clock_s": ..}, ...};
+    the first seed is the released file (evaluated as stored, fp16), the others their fp32 runs.
+    """
+    import statistics
+    cols = [c for c in ("knn_top1_k20", "knn_top1_k200", "linear_top1") if any(
+        r.get(c) is not None for r in seeds.values())]
+    lines = ["Seeds (same recipe, `seed=N`; the first row is this file, the others were trained and "
+             "evaluated the same way):", "",
+             "| seed | " + " | ".join(_LABELS[c] for c in cols) + " | pretraining wall-clock |",
+             "| --- |" + " --- |" * (len(cols) + 1)]
+    for seed, row in seeds.items():
+        wall = row.get("wall_clock_s")
+        lines.append(f"| {seed} | " + " | ".join(f"{row[c]:.2f}" if row.get(c) is not None else "-" for c in cols)
+                     + f" | {f'{wall / 60:.1f} min' if wall else '-'} |")
+    stats = []
+    for c in cols:
+        values = [r[c] for r in seeds.values() if r.get(c) is not None]
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        stats.append(f"{statistics.mean(values):.2f} ± {sd:.2f}")
+    lines.append("| mean ± sd | " + " | ".join(stats) + " | |")
+    return lines
 
 
 def _jsonable(obj):
@@ -209,6 +235,8 @@ def model_card(*, name: str, tag: str, entry, cfg: dict, num_features: int, hf_h
         lines += ["No metrics were recorded for this weight."]
     if notes:
         lines += ["", "Protocols as run:", ""] + [f"- {k}: {v}" for k, v in notes.items()]
+    if metrics.get("seeds"):
+        lines += ["", *seeds_table(metrics["seeds"])]
     lines += ["", "## Exported network", "", f"This file holds {exported}. Stored as {dtype}.", ""]
     lines += ["## Training", "", f"- Method: {entry.method}"
               + (f", objective {recipe['objective']}" if recipe.get("objective") else "")

@@ -1,0 +1,171 @@
+"""Train, evaluate and publish the release batch of recipes/releases.yaml into weights/.
+
+    python train/release.py                                   # everything not yet done, in order
+    python train/release.py adios_resnet18.simclr_fmnist      # one release (and its extra seeds)
+    python train/release.py --dry-run                         # print the commands only
+
+Every step is one of the project's own commands, run as a subprocess and printed, so each number
+in a card is reproducible by the command the card names:
+
+1. pretrain  `python train/pretrain.py --recipe R run_dir=runs/release/<name.tag>/seed<S> seed=S`
+             (resume=true when a checkpoint is there: a killed batch picks up where it stopped);
+2. publish   `python train/publish.py RUN --tag TAG` (fp16, weights/<name.tag>/, zoo/released.json);
+3. evaluate  the *released* file, by name, with the baselines in the same run:
+             `python train/evaluate.py <name.tag> --baselines --out RUN` (+ `train/maskscore.py
+             <name.tag>` for learned maskers on the scenes), so re-running that command on a fresh
+             clone reproduces the card;
+4. publish   again, now with the metrics (model.safetensors is byte-identical; the card changes).
+
+Extra seeds run after every release's first seed (a batch cut short still leaves whole
+releases): each is pretrained and evaluated from its run directory (fp32; no baselines, which do
+not depend on the trained weights), and the first seed's card gains a per-seed table.
+A step whose output exists is skipped, so the batch is re-entrant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PLAN = REPO / "recipes" / "releases.yaml"
+RUNS = REPO / "runs" / "release"
+SEED_METRICS = ("knn_top1_k20", "knn_top1_k200", "linear_top1")
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
+        else platform.processor()
+    return f"{cpu}, {os.cpu_count()} cores, no GPU" if cpu else f"{os.cpu_count()} CPU cores"
+
+
+def load_plan(path: Path = PLAN) -> list[dict]:
+    plan = yaml.safe_load(path.read_text())["releases"]
+    for item in plan:
+        unknown = set(item) - {"recipe", "seeds", "eval", "mask_score", "default"}
+        if unknown:
+            raise SystemExit(f"{path}: unknown keys {sorted(unknown)} in {item}")
+        item["key"] = Path(item["recipe"]).name.removesuffix(".yaml")
+        item.setdefault("seeds", [0])
+        item["eval"] = [str(a) for a in item.get("eval", [])]
+    return plan
+
+
+def run(cmd: list[str], dry: bool) -> None:
+    print("$ " + shlex.join(cmd), flush=True)
+    if not dry:
+        subprocess.run(cmd, cwd=REPO, check=True)
+
+
+def metrics_of(run_dir: Path) -> dict:
+    path = run_dir / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_metrics(run_dir: Path, new: dict) -> None:
+    from zoo.runs import update_metrics
+    update_metrics(run_dir, new)
+
+
+def data_of(item: dict) -> str:
+    return yaml.safe_load((REPO / item["recipe"]).read_text()).get("data", "fashion_mnist")
+
+
+def pretrain(item: dict, seed: int, dry: bool) -> Path:
+    run_dir = RUNS / item["key"] / f"seed{seed}"
+    if (run_dir / "pretrainer.safetensors").exists():
+        return run_dir
+    if not dry:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        from train.publish import git_commit
+        write_metrics(run_dir, {"commit": git_commit(REPO)})
+    resume = ["resume=true"] if (run_dir / "state").exists() else []
+    run([sys.executable, "train/pretrain.py", "--recipe", item["recipe"], f"run_dir={run_dir}",
+         f"seed={seed}", *resume], dry)
+    return run_dir
+
+
+def publish(item: dict, run_dir: Path, dry: bool) -> None:
+    name, tag = item["key"].split(".", 1)
+    run([sys.executable, "train/publish.py", str(run_dir), "--tag", tag, "--dtype", "float16",
+         "--fact", f"machine={machine()}", *(["--default"] if item.get("default") else [])], dry)
+
+
+def evaluate(item: dict, source: str, run_dir: Path, baselines: bool, dry: bool) -> None:
+    data = data_of(item)
+    if f"{data}/knn_top1_k20" in metrics_of(run_dir):
+        return
+    cmd = ["python", "train/evaluate.py", source, *(["--baselines"] if baselines else []), *item["eval"]]
+    run([sys.executable, *cmd[1:], "--out", str(run_dir)], dry)
+    commands = {"knn": shlex.join(cmd), "linear": shlex.join(cmd)}
+    if item.get("mask_score"):
+        mask_cmd = ["python", "train/maskscore.py", source]
+        run([sys.executable, *mask_cmd[1:], "--out", str(run_dir)], dry)
+        commands["mask"] = shlex.join(mask_cmd)
+    if not dry:
+        write_metrics(run_dir, {"commands": commands})
+
+
+def first_pass(item: dict, dry: bool) -> None:
+    seed = item["seeds"][0]
+    run_dir = pretrain(item, seed, dry)
+    if f"{data_of(item)}/knn_top1_k20" in metrics_of(run_dir) and (REPO / "weights" / item["key"]).exists():
+        return
+    publish(item, run_dir, dry)                       # the released fp16 file, which is evaluated
+    evaluate(item, item["key"], run_dir, baselines=True, dry=dry)
+    publish(item, run_dir, dry)                       # now with its metrics
+
+
+def seed_pass(item: dict, dry: bool) -> None:
+    if len(item["seeds"]) < 2:
+        return
+    data = data_of(item)
+    first = RUNS / item["key"] / f"seed{item['seeds'][0]}"
+    table = {}
+    for seed in item["seeds"]:
+        run_dir = first if seed == item["seeds"][0] else pretrain(item, seed, dry)
+        if seed != item["seeds"][0]:
+            evaluate(item, str(run_dir), run_dir, baselines=False, dry=dry)
+        m = metrics_of(run_dir)
+        table[str(seed)] = {k: m.get(f"{data}/{k}") for k in SEED_METRICS}
+        table[str(seed)]["wall_clock_s"] = (m.get("pretrain") or {}).get("wall_clock_s")
+    if dry or metrics_of(first).get("seeds") == table:
+        return
+    write_metrics(first, {"seeds": table})
+    publish(item, first, dry)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("only", nargs="*", help="release keys (name.tag) to do; default: all of the plan")
+    ap.add_argument("--plan", type=Path, default=PLAN)
+    ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = ap.parse_args(argv)
+    plan = load_plan(args.plan)
+    unknown = set(args.only) - {item["key"] for item in plan}
+    if unknown:
+        raise SystemExit(f"not in {args.plan}: {sorted(unknown)}; known: {[i['key'] for i in plan]}")
+    plan = [item for item in plan if not args.only or item["key"] in args.only]
+    t0 = time.time()
+    for item in plan:
+        print(f"\n=== {item['key']} (seed {item['seeds'][0]}) ===", flush=True)
+        first_pass(item, args.dry_run)
+    for item in plan:
+        if len(item["seeds"]) > 1:
+            print(f"\n=== {item['key']} seeds {item['seeds']} ===", flush=True)
+            seed_pass(item, args.dry_run)
+    print(f"\nrelease batch done in {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    main()
