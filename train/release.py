@@ -3,6 +3,7 @@
     python train/release.py                                   # everything not yet done, in order
     python train/release.py adios_resnet18.simclr_fmnist      # one release (and its extra seeds)
     python train/release.py --dry-run                         # print the commands only
+    python train/release.py --republish                       # re-render finished releases' cards
 
 Every step is one of the project's own commands, run as a subprocess and printed, so each number
 in a card is reproducible by the command the card names:
@@ -51,7 +52,7 @@ def machine() -> str:
 def load_plan(path: Path = PLAN) -> list[dict]:
     plan = yaml.safe_load(path.read_text())["releases"]
     for item in plan:
-        unknown = set(item) - {"recipe", "seeds", "eval", "mask_score", "default"}
+        unknown = set(item) - {"recipe", "seeds", "eval", "mask_score", "default", "controls"}
         if unknown:
             raise SystemExit(f"{path}: unknown keys {sorted(unknown)} in {item}")
         item["key"] = Path(item["recipe"]).name.removesuffix(".yaml")
@@ -149,6 +150,8 @@ def main(argv=None) -> None:
     ap.add_argument("only", nargs="*", help="release keys (name.tag) to do; default: all of the plan")
     ap.add_argument("--plan", type=Path, default=PLAN)
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    ap.add_argument("--republish", action="store_true",
+                    help="only publish again the finished releases (after a change of the card's layout)")
     args = ap.parse_args(argv)
     plan = load_plan(args.plan)
     unknown = set(args.only) - {item["key"] for item in plan}
@@ -156,6 +159,12 @@ def main(argv=None) -> None:
         raise SystemExit(f"not in {args.plan}: {sorted(unknown)}; known: {[i['key'] for i in plan]}")
     plan = [item for item in plan if not args.only or item["key"] in args.only]
     t0 = time.time()
+    if args.republish:
+        for item in plan:
+            run_dir = RUNS / item["key"] / f"seed{item['seeds'][0]}"
+            if f"{data_of(item)}/knn_top1_k20" in metrics_of(run_dir):
+                publish(item, run_dir, args.dry_run)
+        return
     for item in plan:
         print(f"\n=== {item['key']} (seed {item['seeds'][0]}) ===", flush=True)
         first_pass(item, args.dry_run)
@@ -164,6 +173,8 @@ def main(argv=None) -> None:
             print(f"\n=== {item['key']} seeds {item['seeds']} ===", flush=True)
             seed_pass(item, args.dry_run)
     print(f"\nrelease batch done in {time.time() - t0:.0f} s")
+    from train import readme_table
+    readme_table.main([])
 
 
 if __name__ == "__main__":

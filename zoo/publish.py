@@ -206,11 +206,8 @@ def model_card(*, name: str, tag: str, entry, cfg: dict, num_features: int, hf_h
         datasets=[hub_id(data)] if hub_id(data) else None, model_name=f"{name}.{tag}",
         eval_results=results or None)
 
-    def command(key: str) -> str:
-        for word, cmd in commands.items():
-            if word in key:
-                return f"`{cmd}`"
-        return "(not recorded)"
+    def command(key: str) -> str | None:
+        return next((cmd for word, cmd in commands.items() if word in key), None)
 
     lines = [f"# {name}.{tag}", ""]
     ours = " (a pairing no paper ran: ours)" if entry.ours else ""
@@ -228,9 +225,24 @@ def model_card(*, name: str, tag: str, entry, cfg: dict, num_features: int, hf_h
               f"model = timm.create_model(\"hf-hub:{hf_hub_id}\", pretrained=True)", "```", ""]
     lines += ["## Results", "", PROTOCOL, ""]
     if own or baselines:
-        lines += ["| metric | value | command (to re-measure) |", "| --- | --- | --- |"]
-        lines += [f"| {_label(k)} | {v:.4g} | {command(k)} |" for k, v in own.items()]
-        lines += [f"| {_label(k)} (baseline, same run) | {v:.4g} | {command(k)} |" for k, v in baselines.items()]
+        # one row per result; the untrained architecture and raw pixels (measured in the same run,
+        # same protocol) beside it; any other baseline (random / block masks) as rows of its own
+        used = set()
+        rows = []
+        for k, v in own.items():
+            group, _, leaf = k.rpartition("/")
+            side = []
+            for kind in ("untrained", "raw_pixels"):
+                bk = f"{group}/{kind}/{leaf}" if group else f"{kind}/{leaf}"
+                side.append(f"{baselines[bk]:.4g}" if bk in baselines else "-")
+                used.add(bk)
+            rows.append(f"| {_label(k)} | {v:.4g} | " + " | ".join(side) + " |")
+        rows += [f"| {_label(k)} (baseline) | {v:.4g} | - | - |" for k, v in baselines.items() if k not in used]
+        lines += ["| metric (test split) | this model | untrained, same run | raw pixels, same run |",
+                  "| --- | --- | --- | --- |", *rows]
+        cmds = list(dict.fromkeys(c for c in (command(k) for k in [*own, *baselines]) if c))
+        lines += ["", "Re-measure (prints these numbers):" if cmds else "No measuring command was recorded.", ""]
+        lines += [f"    {c}" for c in cmds]
     else:
         lines += ["No metrics were recorded for this weight."]
     if notes:
@@ -279,6 +291,9 @@ def publish(backbone: nn.Module, out_dir: str | os.PathLike, name: str, tag: str
     if "." in tag or "/" in tag or not tag:
         raise ValueError(f"tag {tag!r}: a tag is one word such as 'simclr_fmnist' (no dots or slashes)")
     metrics = dict(metrics or {})
+    # where the run wrote and whether it resumed are facts of one machine, not of the recipe: the
+    # released recipe.yaml retrains from anywhere
+    recipe = {k: v for k, v in recipe.items() if k not in ("run_dir", "resume")}
     commands = dict(commands or metrics.pop("commands", {}) or {})
     dtype = _dtype(dtype)
     state = _cast(backbone.state_dict(), dtype)

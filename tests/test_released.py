@@ -1,0 +1,142 @@
+"""Every entry of the repository's weight table (zoo/released.json) as a user meets it: the files in
+weights/ hash to the table's SHA-256, and the backbone loads through zoo.create_model,
+torch.hub.load(..., source="local") and vanilla timm `local-dir:` (a process that never imports
+the zoo) with the same outputs; learned maskers load through zoo.create_masker; the README's
+tables are what the cards say.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import zoo
+from zoo import weights
+
+REPO = Path(__file__).resolve().parents[1]
+TABLE = json.loads((REPO / "zoo" / "released.json").read_text())
+KEYS = list(TABLE)
+
+pytestmark = pytest.mark.skipif(not KEYS, reason="no released weights in zoo/released.json")
+
+
+def probe(entry: dict) -> torch.Tensor:
+    size = entry["pretrained_cfg"]["input_size"]
+    return torch.randn(2, *size, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture(scope="module")
+def vanilla_outputs(tmp_path_factory) -> dict[str, torch.Tensor]:
+    """Every release's outputs on its probe, from vanilla timm `local-dir:` in a process without the zoo."""
+    io = tmp_path_factory.mktemp("vanilla")
+    torch.save({k: probe(e) for k, e in TABLE.items()}, io / "inputs.pt")
+    code = f"""
+        import sys, torch, timm
+        inputs = torch.load({str(io / 'inputs.pt')!r})
+        out = {{}}
+        for key, x in inputs.items():
+            model = timm.create_model("local-dir:" + {str(REPO / 'weights')!r} + "/" + key, pretrained=True).eval()
+            with torch.no_grad():
+                out[key] = model(x)
+        assert "zoo" not in sys.modules, "vanilla timm imported the zoo"
+        torch.save(out, {str(io / 'outputs.pt')!r})
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZOO_")}
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=io, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return torch.load(io / "outputs.pt")
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_files_hash_to_the_table(key):
+    entry, folder = TABLE[key], REPO / "weights" / key
+    config = json.loads((folder / "config.json").read_text())
+    assert entry["files"]["model.safetensors"] == config["zoo"]["files"]["model.safetensors"]
+    for name, sha in entry["files"].items():
+        assert weights.sha256_file(folder / name) == sha, f"{folder / name} does not hash to the table's {sha}"
+    assert config["zoo"]["metrics"] == entry["metrics"], "the table and the card disagree on the metrics"
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_loads_three_ways_with_equal_outputs(key, vanilla_outputs):
+    entry = TABLE[key]
+    x = probe(entry)
+    model = zoo.create_model(key, pretrained=True).eval()
+    hub = torch.hub.load(str(REPO), entry["name"], tag=entry["tag"], pretrained=True, source="local",
+                         trust_repo=True).eval()
+    with torch.no_grad():
+        ours, theirs = model(x), hub(x)
+    assert ours.shape == (2, model.num_features)
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    torch.testing.assert_close(ours, vanilla_outputs[key], rtol=1e-5, atol=1e-5)
+    untrained = zoo.create_model(entry["name"], pretrained=False).eval()
+    with torch.no_grad():
+        assert not torch.allclose(untrained(x), ours), "pretrained=True gave untrained weights"
+
+
+@pytest.mark.parametrize("key", [k for k in KEYS if "masker.safetensors" in TABLE[k]["files"]])
+def test_released_masker_loads_and_masks(key):
+    entry = TABLE[key]
+    masker = zoo.create_masker(key, pretrained=True)
+    x = probe(entry)
+    with torch.no_grad():
+        m = masker(x)
+    assert m.shape[0] == 2 and m.shape[-2:] == x.shape[-2:] or m.shape[0] == 2
+    assert torch.isfinite(m).all()
+    if entry["name"].startswith("adios"):        # ADIOS: K soft masks partition every pixel
+        torch.testing.assert_close(m.float().sum(1), torch.ones_like(m[:, 0].float()), atol=1e-3, rtol=0)
+
+
+def test_readme_tables_match_the_cards():
+    from train import readme_table
+    assert readme_table.main(["--check"]) == 0, "README.md is stale: run python train/readme_table.py"
+
+
+def test_weights_folder_stays_small():
+    total = sum(f.stat().st_size for f in (REPO / "weights").rglob("*") if f.is_file())
+    assert total < 250 * 2 ** 20, f"weights/ holds {total / 2 ** 20:.0f} MB (limit 250 MB)"
+
+
+@pytest.mark.parametrize("key", [k for k in KEYS if "masker.safetensors" in TABLE[k]["files"]][:1])
+def test_mask_picture_of_a_users_image(key, tmp_path):
+    from PIL import Image
+    from train import mask_picture
+    image = tmp_path / "mine.png"
+    Image.fromarray((torch.rand(40, 50, 3) * 255).byte().numpy()).save(image)
+    out = mask_picture.main([key, "--image", str(image), "--out", str(tmp_path / "m.png")])
+    assert Image.open(out).size[0] > 32
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    with pytest.raises(SystemExit, match="cannot read image .*bad.jpg"):
+        mask_picture.main([key, "--image", str(tmp_path / "bad.jpg"), "--out", str(tmp_path / "x.png")])
+
+
+def test_reproduce_band_uses_the_seed_spread():
+    from train.reproduce import band
+    card = {"seeds": {"0": {"knn_top1_k20": 80.0}, "1": {"knn_top1_k20": 81.0}, "2": {"knn_top1_k20": 82.0}},
+            "fashion_mnist/knn_top1_k20": 80.0, "fashion_mnist/linear_top1": 70.0}
+    low, high, _ = band(card, "fashion_mnist", "knn_top1_k20", 1.0)
+    assert (low, high) == pytest.approx((81.0 - 2.0, 81.0 + 2.0))          # mean ± 2 sd (sd = 1)
+    low, high, _ = band(card, "fashion_mnist", "linear_top1", 0.5)          # no seeds: the card's value
+    assert (low, high) == (69.5, 70.5)
+
+
+def test_release_plan_is_checked(tmp_path):
+    from train.release import load_plan
+    plan = load_plan()
+    assert {Path(i["recipe"]).name.removesuffix(".yaml") for i in plan} == {i["key"] for i in plan}
+    for item in plan:
+        assert (REPO / item["recipe"]).exists(), item["recipe"]
+        for control in item.get("controls") or []:
+            assert control in {i["key"] for i in plan}, f"{item['key']}: unknown control {control}"
+    bad = tmp_path / "plan.yaml"
+    bad.write_text("releases:\n  - recipe: recipes/simclr_resnet18.fmnist.yaml\n    seed: [0]\n")
+    with pytest.raises(SystemExit, match="unknown keys \\['seed'\\]"):
+        load_plan(bad)

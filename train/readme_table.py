@@ -1,0 +1,150 @@
+"""Regenerate README.md's released-weight tables from the model cards (never typed by hand).
+
+    python train/readme_table.py            # rewrite the block between the markers in README.md
+    python train/readme_table.py --check    # exit 1 if README.md is not what the cards say
+
+Reads zoo/released.json and each release's `weights/<name>.<tag>/config.json` (its `zoo` block:
+the metrics the card states, the training facts, the per-seed table) and the pairings of
+recipes/releases.yaml (`controls`). Writes two tables: every released weight with its baselines,
+and each method against its control(s), with the differences and the pretraining cost ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))                     # run from a clone without installing
+from zoo.registry import METHODS  # noqa: E402
+
+README = REPO / "README.md"
+START, END = "<!-- released:start (train/readme_table.py) -->", "<!-- released:end -->"
+COLS = ("knn_top1_k20", "knn_top1_k200", "linear_top1")
+
+
+def cards(table_path: Path, weights_dir: Path) -> dict[str, dict]:
+    """{name.tag: the zoo block of its config.json}, in table order."""
+    table = json.loads(table_path.read_text()) if table_path.exists() else {}
+    return {key: json.loads((weights_dir / key / "config.json").read_text())["zoo"] for key in table}
+
+
+def data_of(card: dict) -> str:
+    return str(card["recipe"].get("data", "fashion_mnist"))
+
+
+def metric(card: dict, leaf: str, group: str = "") -> float | None:
+    return card["metrics"].get(f"{data_of(card)}/{group}{leaf}")
+
+
+def fmt(v, digits: int = 1) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def seeds_of(card: dict, leaf: str) -> list[float]:
+    return [row[leaf] for row in (card["metrics"].get("seeds") or {}).values() if row.get(leaf) is not None]
+
+
+def mean_sd(card: dict, leaf: str) -> tuple[float | None, float | None, int]:
+    """(mean, sd, n) over the card's seeds, or (the value, None, 1) for a single run."""
+    values = seeds_of(card, leaf)
+    if len(values) > 1:
+        return statistics.mean(values), statistics.stdev(values), len(values)
+    return metric(card, leaf), None, 1
+
+
+def with_sd(m, sd) -> str:
+    return fmt(m) if sd is None else f"{m:.1f} ± {sd:.1f}"
+
+
+def minutes(card: dict) -> float | None:
+    wall = (card["metrics"].get("pretrain") or {}).get("wall_clock_s")
+    return wall / 60 if wall else None
+
+
+def weights_table(all_cards: dict, weights_dir: Path) -> list[str]:
+    lines = ["| weight | method (base) | data | kNN k=20 | kNN k=200 | linear | untrained: kNN k=20 / linear | "
+             "raw pixels: kNN k=20 / linear | mask score (random, block) | pretraining | size |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for key, card in all_cards.items():
+        pre = card["pretrainer"]
+        method = METHODS[pre["model"]].method + (f" ({pre['objective']})" if pre.get("objective") else "")
+        vals = [with_sd(*mean_sd(card, c)[:2]) for c in COLS]
+        base = [f"{fmt(metric(card, 'knn_top1_k20', g))} / {fmt(metric(card, 'linear_top1', g))}"
+                for g in ("untrained/", "raw_pixels/")]
+        ms = card["metrics"].get("scenes/mask_score")
+        mask = "-" if ms is None else (f"{ms:.3f} ({card['metrics'].get('scenes/mask_score_random', 0):.3f}, "
+                                       f"{card['metrics'].get('scenes/mask_score_block', 0):.3f})")
+        pre_facts = card["metrics"].get("pretrain") or {}
+        cost = (f"{minutes(card):.1f} min, {pre_facts.get('images', 0) // 1000}k img" if minutes(card) else "-")
+        size = sum(f.stat().st_size for f in (weights_dir / key).glob("*.safetensors")) / 2 ** 20
+        lines.append(f"| [`{key}`](weights/{key}/README.md) | {method} | {data_of(card)} | "
+                     + " | ".join(vals) + f" | {base[0]} | {base[1]} | {mask} | {cost} | {size:.0f} MB |")
+    return lines
+
+
+def pairs_table(all_cards: dict, plan: list[dict]) -> list[str]:
+    lines = ["| method | control | seeds | Δ kNN k=20 | Δ kNN k=200 | Δ linear | pretraining time, method / control |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for item in plan:
+        key = Path(item["recipe"]).name.removesuffix(".yaml")
+        for control in item.get("controls") or []:
+            if key not in all_cards or control not in all_cards:
+                continue
+            a, b = all_cards[key], all_cards[control]
+            deltas, n = [], []
+            for c in COLS:
+                (ma, sa, na), (mb, sb, nb) = mean_sd(a, c), mean_sd(b, c)
+                n.append(min(na, nb))
+                if ma is None or mb is None:
+                    deltas.append("-")
+                elif sa is not None and sb is not None:   # spread of a difference of two means
+                    deltas.append(f"{ma - mb:+.1f} (± {(sa ** 2 / na + sb ** 2 / nb) ** 0.5:.1f})")
+                else:
+                    deltas.append(f"{ma - mb:+.1f}")
+            ratio = (f"{minutes(a) / minutes(b):.2f}x" if minutes(a) and minutes(b) else "-")
+            lines.append(f"| `{key}` | `{control}` | {min(n)} | " + " | ".join(deltas) + f" | {ratio} |")
+    return lines
+
+
+def block(table_path: Path, weights_dir: Path, plan_path: Path) -> str:
+    all_cards = cards(table_path, weights_dir)
+    if not all_cards:
+        return "\n".join([START, "", "None yet: `zoo/released.json` is empty.", "", END])
+    plan = yaml.safe_load(plan_path.read_text())["releases"]
+    return "\n".join([START, "", *weights_table(all_cards, weights_dir), "",
+                      "Each method against its control (same recipe, data, epochs and seed; Δ = method − control, "
+                      "percentage points; with seeds: difference of the means, ± its standard error):", "",
+                      *pairs_table(all_cards, plan), "", END])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if README.md differs from the cards")
+    ap.add_argument("--readme", type=Path, default=README)
+    ap.add_argument("--table", type=Path, default=REPO / "zoo" / "released.json")
+    ap.add_argument("--weights", type=Path, default=REPO / "weights")
+    ap.add_argument("--plan", type=Path, default=REPO / "recipes" / "releases.yaml")
+    args = ap.parse_args(argv)
+    text = args.readme.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{args.readme} has no {START} ... {END} block to fill")
+    head, rest = text.split(START, 1)
+    new = head + block(args.table, args.weights, args.plan) + rest.split(END, 1)[1]
+    if args.check:
+        if new != text:
+            print(f"{args.readme} is out of date with the cards: run python train/readme_table.py")
+            return 1
+        print(f"{args.readme} matches the cards")
+        return 0
+    args.readme.write_text(new)
+    print(f"wrote the released-weight tables of {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

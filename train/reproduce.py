@@ -1,0 +1,75 @@
+"""Retrain a released weight from its own recipe.yaml and check the result against its card.
+
+    python train/reproduce.py simclr_resnet18.fmnist             # seed 0 of the card's recipe
+    python train/reproduce.py simclr_resnet18.fmnist --seed 3    # a seed the card has not seen
+
+Pretrains `weights/<name>.<tag>/recipe.yaml` into runs/reproduce/<name>.<tag>/seed<S> (resumable),
+evaluates it with the card's protocol (train/evaluate.py, without baselines) and compares kNN and
+linear top-1 with the card: with a per-seed table, the new run must land within the seeds' spread
+(mean ± max(2 sd, half the range), a 3-seed spread is a rough yardstick); without one, within
+--tolerance points of the card's value. Exit status 1 when it does not.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+COLS = ("knn_top1_k20", "knn_top1_k200", "linear_top1")
+
+
+def band(card_metrics: dict, data: str, leaf: str, tolerance: float) -> tuple[float, float, str]:
+    """(low, high, how) of the values the card accepts for `leaf`."""
+    seeds = [r[leaf] for r in (card_metrics.get("seeds") or {}).values() if r.get(leaf) is not None]
+    if len(seeds) > 1:
+        mean, sd = statistics.mean(seeds), statistics.stdev(seeds)
+        half = max(2 * sd, (max(seeds) - min(seeds)) / 2)
+        return mean - half, mean + half, f"{len(seeds)} seeds, mean {mean:.2f} ± {half:.2f}"
+    value = card_metrics[f"{data}/{leaf}"]
+    return value - tolerance, value + tolerance, f"card {value:.2f} ± {tolerance}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("key", help="a released name.tag, e.g. simclr_resnet18.fmnist")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tolerance", type=float, default=1.0, help="points, for a card without seeds")
+    args = ap.parse_args(argv)
+    folder = REPO / "weights" / args.key
+    if not (folder / "config.json").exists():
+        raise SystemExit(f"{folder} is not a released weight folder")
+    card = json.loads((folder / "config.json").read_text())["zoo"]
+    data = card["recipe"].get("data", "fashion_mnist")
+    run_dir = REPO / "runs" / "reproduce" / args.key / f"seed{args.seed}"
+    commands = []
+    if not (run_dir / "pretrainer.safetensors").exists():
+        commands.append([sys.executable, "train/pretrain.py", "--recipe", str(folder / "recipe.yaml"),
+                         f"run_dir={run_dir}", f"seed={args.seed}",
+                         *(["resume=true"] if (run_dir / "state").exists() else [])])
+    evaluate = shlex.split(card["commands"].get("knn", f"python train/evaluate.py {args.key}"))
+    evaluate = [a for a in evaluate[2:] if a != "--baselines"]        # the card's flags, minus baselines
+    commands.append([sys.executable, "train/evaluate.py", str(run_dir), *evaluate[1:], "--out", str(run_dir)])
+    for cmd in commands:
+        print("$ " + shlex.join(cmd), flush=True)
+        subprocess.run(cmd, cwd=REPO, check=True)
+    got = json.loads((run_dir / "metrics.json").read_text())
+    ok = True
+    for leaf in COLS:
+        if f"{data}/{leaf}" not in card["metrics"]:
+            continue
+        low, high, how = band(card["metrics"], data, leaf, args.tolerance)
+        value = got[f"{data}/{leaf}"]
+        inside = low <= value <= high
+        ok &= inside
+        print(f"{leaf}: {value:.2f}  ({how}: [{low:.2f}, {high:.2f}]) {'ok' if inside else 'OUTSIDE'}")
+    print("reproduced within the card's spread" if ok else "NOT reproduced within the card's spread")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
