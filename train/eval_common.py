@@ -177,6 +177,21 @@ def with_baselines(args, measure) -> tuple[dict, object, object]:
     return metrics, train, test
 
 
+def run_script(doc: str, measure, *add_args, argv=None) -> dict:
+    """The main() of knn.py / linear.py / evaluate.py: the common options, `add_args(parser)` of
+    each protocol, --baselines; measure (with the baselines), print and write the metrics."""
+    p = parser(doc.split("\n\n")[0])
+    for add in add_args:
+        add(p)
+    p.add_argument("--baselines", action="store_true",
+                   help="also the untrained architecture and raw pixels, in the same run")
+    args = p.parse_args(argv)
+    t0 = time.time()
+    metrics, train, test = with_baselines(args, measure)
+    finish(args, metrics, train, test, t0)
+    return metrics
+
+
 def finish(args, metrics: dict, train, test, t0: float) -> None:
     """Print the metrics and any skipped-image report, and merge them into metrics.json."""
     for key, value in metrics.items():

@@ -12,14 +12,13 @@ names to re-measure its numbers.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
 from train import eval_common as ec  # noqa: E402
-from train.knn import knn_from_features  # noqa: E402
-from train.linear import linear_from_features  # noqa: E402
+from train.knn import knn_args, knn_from_features  # noqa: E402
+from train.linear import linear_args, linear_from_features  # noqa: E402
 
 
 def card_metrics(backbone, train, test, args, prefix: str) -> dict:
@@ -29,17 +28,7 @@ def card_metrics(backbone, train, test, args, prefix: str) -> dict:
 
 
 def main(argv=None) -> dict:
-    p = ec.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--k", type=int, nargs="+", default=[20, 200])
-    p.add_argument("--T", type=float, default=0.1)
-    p.add_argument("--epochs", type=int, default=100, help="linear-probe epochs")
-    p.add_argument("--baselines", action="store_true",
-                   help="also the untrained architecture and raw pixels, in the same run")
-    args = p.parse_args(argv)
-    t0 = time.time()
-    metrics, train, test = ec.with_baselines(args, card_metrics)
-    ec.finish(args, metrics, train, test, t0)
-    return metrics
+    return ec.run_script(__doc__, card_metrics, knn_args, linear_args, argv=argv)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ k = 20 and 200, the whole train split as memory bank, unaugmented images), writt
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
@@ -33,17 +32,13 @@ def knn_from_features(train_f, train_y, test_f, test_y, args, prefix: str) -> di
     return out
 
 
-def main(argv=None) -> dict:
-    p = ec.parser(__doc__.split("\n\n")[0])
+def knn_args(p) -> None:
     p.add_argument("--k", type=int, nargs="+", default=[20, 200])
     p.add_argument("--T", type=float, default=0.1)
-    p.add_argument("--baselines", action="store_true",
-                   help="also the untrained architecture and raw pixels, in the same run")
-    args = p.parse_args(argv)
-    t0 = time.time()
-    metrics, train, test = ec.with_baselines(args, knn_metrics)
-    ec.finish(args, metrics, train, test, t0)
-    return metrics
+
+
+def main(argv=None) -> dict:
+    return ec.run_script(__doc__, knn_metrics, knn_args, argv=argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ no weight decay, 100 epochs, final model), written to metrics.json.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
@@ -37,16 +36,12 @@ def linear_from_features(train_f, train_y, test_f, test_y, args, prefix: str, nu
     return out
 
 
+def linear_args(p) -> None:
+    p.add_argument("--epochs", type=int, default=100, help="linear-probe epochs")
+
+
 def main(argv=None) -> dict:
-    p = ec.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--baselines", action="store_true",
-                   help="also the untrained architecture and raw pixels, in the same run")
-    args = p.parse_args(argv)
-    t0 = time.time()
-    metrics, train, test = ec.with_baselines(args, linear_metrics)
-    ec.finish(args, metrics, train, test, t0)
-    return metrics
+    return ec.run_script(__doc__, linear_metrics, linear_args, argv=argv)
 
 
 if __name__ == "__main__":

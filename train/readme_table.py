@@ -5,7 +5,7 @@
 
 Reads zoo/released.json and each release's `weights/<name>.<tag>/config.json` (its `zoo` block:
 the metrics the card states, the training facts, the per-seed table) and the pairings of
-recipes/releases.yaml (`controls`). Writes two tables: every released weight with its baselines,
+weights/releases.yaml (`controls`). Writes two tables: every released weight with its baselines,
 and each method against its control(s), with the differences and the pretraining cost ratio.
 """
 from __future__ import annotations
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     ap.add_argument("--readme", type=Path, default=README)
     ap.add_argument("--table", type=Path, default=REPO / "zoo" / "released.json")
     ap.add_argument("--weights", type=Path, default=REPO / "weights")
-    ap.add_argument("--plan", type=Path, default=REPO / "recipes" / "releases.yaml")
+    ap.add_argument("--plan", type=Path, default=REPO / "weights" / "releases.yaml")
     args = ap.parse_args(argv)
     text = args.readme.read_text()
     if START not in text or END not in text:

@@ -1,4 +1,4 @@
-"""Train, evaluate and publish the release batch of recipes/releases.yaml into weights/.
+"""Train, evaluate and publish the release batch of weights/releases.yaml into weights/.
 
     python train/release.py                                   # everything not yet done, in order
     python train/release.py adios_resnet18.simclr_fmnist      # one release (and its extra seeds)
@@ -17,9 +17,9 @@ in a card is reproducible by the command the card names:
              clone reproduces the card;
 4. publish   again, now with the metrics (model.safetensors is byte-identical; the card changes).
 
-Extra seeds run after every release's first seed (a batch cut short still leaves whole
-releases): each is pretrained and evaluated from its run directory (fp32; no baselines, which do
-not depend on the trained weights), and the first seed's card gains a per-seed table.
+Extra seeds run right after their release's first seed (the plan lists the main comparison
+first): each is pretrained and evaluated from its run directory (fp32; no baselines, which do not
+depend on the trained weights), and the first seed's card gains a per-seed table.
 A step whose output exists is skipped, so the batch is re-entrant.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PLAN = REPO / "recipes" / "releases.yaml"
+PLAN = REPO / "weights" / "releases.yaml"
 RUNS = REPO / "runs" / "release"
 SEED_METRICS = ("knn_top1_k20", "knn_top1_k200", "linear_top1")
 
@@ -168,7 +168,6 @@ def main(argv=None) -> None:
     for item in plan:
         print(f"\n=== {item['key']} (seed {item['seeds'][0]}) ===", flush=True)
         first_pass(item, args.dry_run)
-    for item in plan:
         if len(item["seeds"]) > 1:
             print(f"\n=== {item['key']} seeds {item['seeds']} ===", flush=True)
             seed_pass(item, args.dry_run)
