@@ -50,7 +50,7 @@ def machine() -> str:
 
 
 def load_plan(path: Path = PLAN) -> list[dict]:
-    plan = yaml.safe_load(path.read_text())["releases"]
+    plan = yaml.safe_load(path.read_text())["releases"]      # other top-level keys: YAML anchors
     for item in plan:
         unknown = set(item) - {"recipe", "seeds", "eval", "mask_score", "default", "controls"}
         if unknown:
