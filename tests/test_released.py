@@ -140,3 +140,19 @@ def test_release_plan_is_checked(tmp_path):
     bad.write_text("releases:\n  - recipe: recipes/simclr_resnet18.fmnist.yaml\n    seed: [0]\n")
     with pytest.raises(SystemExit, match="unknown keys \\['seed'\\]"):
         load_plan(bad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", [k for k in KEYS if TABLE[k]["recipe"].get("data") == "scenes"][:1])
+def test_card_command_reproduces_the_card(key, tmp_path):
+    """The card's own re-measuring command, run on the released file, gives the card's numbers (~40 s)."""
+    import shlex
+    card = json.loads((REPO / "weights" / key / "config.json").read_text())["zoo"]
+    cmd = shlex.split(card["commands"]["knn"])
+    r = subprocess.run([sys.executable, *cmd[1:], "--out", str(tmp_path)], cwd=REPO, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads((tmp_path / "metrics.json").read_text())
+    for k, v in card["metrics"].items():
+        if k in got and isinstance(v, float):
+            assert got[k] == pytest.approx(v, abs=1e-6), k
