@@ -99,6 +99,8 @@ def pairs_table(all_cards: dict, plan: list[dict]) -> list[str]:
             deltas, n = [], []
             for c in COLS:
                 (ma, sa, na), (mb, sb, nb) = mean_sd(a, c), mean_sd(b, c)
+                if na == 1 or nb == 1:            # one side has a single run: seed against the same seed
+                    (ma, sa, na), (mb, sb, nb) = (metric(a, c), None, 1), (metric(b, c), None, 1)
                 n.append(min(na, nb))
                 if ma is None or mb is None:
                     deltas.append("-")
@@ -118,7 +120,8 @@ def block(table_path: Path, weights_dir: Path, plan_path: Path) -> str:
     plan = yaml.safe_load(plan_path.read_text())["releases"]
     return "\n".join([START, "", *weights_table(all_cards, weights_dir), "",
                       "Each method against its control (same recipe, data, epochs and seed; Δ = method − control, "
-                      "percentage points; with seeds: difference of the means, ± its standard error):", "",
+                      "percentage points; where both have several seeds: difference of the means, ± its standard error; "
+                      "else the released (first) seeds against each other):", "",
                       *pairs_table(all_cards, plan), "", END])
 
 
