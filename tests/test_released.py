@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 import zoo
 from zoo import weights
@@ -35,23 +36,24 @@ def probe(entry: dict) -> torch.Tensor:
 def vanilla_outputs(tmp_path_factory) -> dict[str, torch.Tensor]:
     """Every release's outputs on its probe, from vanilla timm `local-dir:` in a process without the zoo."""
     io = tmp_path_factory.mktemp("vanilla")
-    torch.save({k: probe(e) for k, e in TABLE.items()}, io / "inputs.pt")
+    save_file({k: probe(e) for k, e in TABLE.items()}, io / "inputs.safetensors")
     code = f"""
         import sys, torch, timm
-        inputs = torch.load({str(io / 'inputs.pt')!r})
+        from safetensors.torch import load_file, save_file
+        inputs = load_file({str(io / 'inputs.safetensors')!r})
         out = {{}}
         for key, x in inputs.items():
             model = timm.create_model("local-dir:" + {str(REPO / 'weights')!r} + "/" + key, pretrained=True).eval()
             with torch.no_grad():
                 out[key] = model(x)
         assert "zoo" not in sys.modules, "vanilla timm imported the zoo"
-        torch.save(out, {str(io / 'outputs.pt')!r})
+        save_file({{k: v.contiguous() for k, v in out.items()}}, {str(io / 'outputs.safetensors')!r})
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZOO_")}
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=io, env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
-    return torch.load(io / "outputs.pt")
+    return load_file(io / "outputs.safetensors")
 
 
 @pytest.mark.parametrize("key", KEYS)
