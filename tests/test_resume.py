@@ -3,7 +3,7 @@ ends bitwise identical to an uninterrupted run: weights, EMA teacher, learned ma
 optimizer states (both phases), RNG states and the logged losses.
 
 The runs are real `train/pretrain.py` processes (tests/tiny_launch.py adds the tiny test method and
-the fault injection). The kill points are drawn at random per test run and printed on failure.
+the fault injection). One kill plan is drawn at random per test run and printed on failure; `-m slow` runs all of them.
 The uninterrupted run loads data in the main process, the interrupted ones in a worker process:
 augmentation is seeded per sample, so that must not matter either.
 
@@ -85,15 +85,38 @@ def assert_same_optimizer(a: Path, b: Path) -> None:
             assert torch.equal(value, sb["state"][i][key]), f"{a.name}: state of parameter {i} ({key}) differs"
 
 
+def kill_plans() -> list[tuple[int, int]]:
+    """Every (kill_step, kill_write): SIGKILL inside the update of optimizer step `kill_step` (before
+    that step's checkpoint), then inside checkpoint write `kill_write` of the resumed run."""
+    return [(k, w) for k in range(1, STEPS) for w in range(1, writes_after(last_saved(k)) + 1)]
+
+
+def last_saved(kill_step: int) -> int:
+    """The step the first resume starts from: the newest checkpoint written before the kill."""
+    return (kill_step - 1) // CKPT_EVERY * CKPT_EVERY
+
+
+def writes_after(step: int) -> int:
+    return (STEPS - step) // CKPT_EVERY
+
+
 def test_killed_and_resumed_run_is_bitwise_identical(tmp_path):
+    kill_step, kill_write = random.Random().choice(kill_plans())   # one plan per run; all: -m slow
+    check_kill_and_resume(tmp_path, kill_step, kill_write)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_step,kill_write", kill_plans())
+def test_every_kill_plan_resumes_bitwise_identical(tmp_path, kill_step, kill_write):
+    check_kill_and_resume(tmp_path, kill_step, kill_write)
+
+
+def check_kill_and_resume(tmp_path: Path, kill_step: int, kill_write: int) -> None:
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(TINY)
-    rng = random.Random()
-    kill_step = rng.randint(1, STEPS - 1)                  # SIGKILL after this optimizer step
-    resumed_from = kill_step - kill_step % CKPT_EVERY
-    writes_left = (STEPS - resumed_from) // CKPT_EVERY
-    kill_write = rng.randint(1, writes_left)               # SIGKILL inside this checkpoint write
     plan = f"killed after step {kill_step}, then during checkpoint write {kill_write} of the resumed run"
+    # the checkpoint the final resume starts from (0: none survived both kills)
+    survivor = last_saved(kill_step) + CKPT_EVERY * (kill_write - 1)
 
     ref_dir, run_dir = tmp_path / "uninterrupted", tmp_path / "interrupted"
     reference = launch(recipe, ref_dir)                    # in parallel with the first interrupted part
@@ -108,11 +131,12 @@ def test_killed_and_resumed_run_is_bitwise_identical(tmp_path):
     torn = list((run_dir / "state").glob(".tmp_step_*"))
     assert torn, f"{plan}: the killed write should have left a torn temp folder"
     complete = sorted(p.name for p in (run_dir / "state").glob("step_*"))
-    assert len(complete) >= (1 if resumed_from + CKPT_EVERY * (kill_write - 1) > 0 else 0), complete
+    assert complete == ([f"step_{survivor:08d}"] if survivor else []), f"{plan}: {complete}"
 
     code, log = finish(launch(recipe, run_dir, "num_workers=1", "resume=true"))
     assert code == 0, f"{plan}\n{log}"
-    assert "resumed from" in log
+    expected = f"step_{survivor:08d} at step {survivor}/{STEPS}" if survivor else "has no checkpoint yet: starting at step 0"
+    assert expected in log, f"{plan}: expected '{expected}' in the log\n{log}"
 
     final = f"step_{STEPS:08d}"
     assert sorted(p.name for p in (run_dir / "state").iterdir()) == [final], "stray or old checkpoints left"
