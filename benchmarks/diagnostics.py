@@ -7,9 +7,11 @@
    see (17 = MAE's visible tokens + CLS, 65 = a full 8 x 8 grid + CLS, 197 = a 14 x 14 grid + CLS)
    at 8320 tokens per call, fp32 and bf16. This is what `zoo.backbones.use_fast_attention` acts on.
 2. `resnet_phases`: timm resnet18 at 32 px, one training step split into forward, backward and
-   optimizer step (SGD, momentum), fp32 NCHW against bf16 autocast + channels_last: at 32 px the
-   feature maps of layers 2-4 are 4 x 4 to 1 x 1, where bf16 speeds the forward but hardly the
-   backward (oneDNN's bf16 weight-gradient kernels), which caps a ResNet's bf16 gain here.
+   optimizer step (SGD, momentum): fp32 NCHW, bf16 autocast + channels_last, and the same with
+   the zoo's CPU kernels (`zoo.kernels.use_fast_kernels`, what every Pretrainer trains with). At
+   32 px the feature maps of layers 2-4 are 4 x 4 to 1 x 1; on the 1 x 1 maps of layer 4 oneDNN's
+   bf16 weight-gradient kernels take ~10x the forward, which capped a ResNet's bf16 gain here
+   until the zoo computed those convolutions as the matmul they are.
 
 Example:
     >>> from benchmarks.diagnostics import attention
@@ -71,10 +73,15 @@ def attention(tokens=(17, 65, 197), total_tokens: int = 8320, heads: int = 3, he
 
 def resnet_phases(batch: int = 128, warmup: int = 2, repeats: int = 7) -> dict:
     import timm
+
+    from zoo.kernels import use_fast_kernels
     out = {}
-    for precision in ("fp32", "bf16"):
+    for variant in ("fp32", "bf16", "bf16_zoo"):
+        precision = variant[:4]
         torch.manual_seed(0)
         net = to_format(timm.create_model("resnet18", num_classes=0), precision)
+        if variant.endswith("_zoo"):
+            net = use_fast_kernels(net)
         x = to_format(torch.randn(batch, 3, 32, 32), precision)
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
         parts: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
@@ -97,8 +104,9 @@ def resnet_phases(batch: int = 128, warmup: int = 2, repeats: int = 7) -> dict:
             step(False)
         for _ in range(repeats):
             step(True)
-        out[precision] = {k: median(v) for k, v in parts.items()}
+        out[variant] = {k: median(v) for k, v in parts.items()}
     out["speedup"] = {k: out["fp32"][k] / out["bf16"][k] for k in out["fp32"]}
+    out["speedup_zoo"] = {k: out["fp32"][k] / out["bf16_zoo"][k] for k in out["fp32"]}
     out["batch"] = batch
     return out
 

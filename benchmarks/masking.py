@@ -44,10 +44,11 @@ def _masks(backbone, x: torch.Tensor, K: int, kind: str) -> torch.Tensor:
 
 def batched_vs_loop(arch: str, K: int, kind: str = "occlusion", batch: int = 64,
                     precision: str = "bf16", rounds: int = 5, warmup: int = 1) -> dict:
-    from zoo.backbones import create_backbone, encode, use_fast_attention
+    from zoo.backbones import create_backbone, encode
+    from zoo.kernels import use_fast_kernels
     torch.manual_seed(0)
-    # the attention kernel choice every Pretrainer makes (zoo.backbones.use_fast_attention)
-    net = use_fast_attention(to_format(create_backbone(arch).train(), precision))
+    # the kernel choices every Pretrainer makes (zoo/kernels.py)
+    net = use_fast_kernels(to_format(create_backbone(arch).train(), precision))
     x = to_format(make_inputs(batch, 1)[0], precision)
     masks = _masks(net, x, K, kind)
 

@@ -2,7 +2,9 @@
 in BENCHMARKS.md comes from a results file written by `python -m benchmarks.run`.
 
     python -m benchmarks.report benchmarks/results.json                    # print the tables
-    python -m benchmarks.report benchmarks/results.json --before benchmarks/results_before.json \\
+    python -m benchmarks.report benchmarks/results.json \\
+        --before "the attention change=benchmarks/results_before_attention.json" \\
+        --before "the 1 x 1 convolution change=benchmarks/results_before_conv.json" \\
         --write BENCHMARKS.md                                              # regenerate the page
 
 Example:
@@ -114,10 +116,13 @@ def diagnostics_tables(d: dict) -> str:
     out = ("Attention, forward + backward, 3 heads x 64:\n\n"
            + _table(["tokens", "sequences", "precision", "fused SDPA ms", "plain ms", "fused / plain"], rows))
     rp = d["resnet_phases"]
+    zoo = "bf16_zoo" in rp                  # results before zoo/kernels.py have two variants
     rows = [[k, f"{rp['fp32'][k] * 1e3:.1f}", f"{rp['bf16'][k] * 1e3:.1f}", _f(rp["speedup"][k]) + "x"]
+            + ([f"{rp['bf16_zoo'][k] * 1e3:.1f}", _f(rp["speedup_zoo"][k]) + "x"] if zoo else [])
             for k in rp["fp32"]]
     out += (f"\n\nResNet-18, 32 px, batch {rp['batch']}, one step split:\n\n"
-            + _table(["part", "fp32 ms", "bf16 + channels_last ms", "speedup"], rows))
+            + _table(["part", "fp32 ms", "bf16 + channels_last ms", "speedup"]
+                     + (["bf16 + channels_last + zoo kernels ms", "speedup"] if zoo else []), rows))
     return out
 
 
@@ -165,7 +170,7 @@ def before_after(before: dict, after: dict) -> str:
     return out
 
 
-def summary(results: dict, before: dict | None = None) -> str:
+def summary(results: dict, before: dict[str, dict] | None = None) -> str:
     """The targets of issue 6, checked against the numbers (computed here, never typed)."""
     lines = []
     vs = {k: r for k, r in ((results.get("versus") or {}).get("data") or {}).items() if "ratio_fp32" in r}
@@ -198,6 +203,10 @@ def summary(results: dict, before: dict | None = None) -> str:
         sp = dg["resnet_phases"]["speedup"]
         lines.append(f"- ResNet-18 at 32 px, bf16 + channels_last over fp32: forward {sp['forward']:.2f}x, "
                      f"backward {sp['backward']:.2f}x, optimizer {sp['optimizer']:.2f}x.")
+        if "speedup_zoo" in dg["resnet_phases"]:
+            sz = dg["resnet_phases"]["speedup_zoo"]
+            lines.append(f"- The same with the zoo's CPU kernels (zoo/kernels.py): forward {sz['forward']:.2f}x, "
+                         f"backward {sz['backward']:.2f}x, optimizer {sz['optimizer']:.2f}x.")
     q = (results.get("quality") or {}).get("data") or {}
     for m in ("simclr", "byol"):
         o, t = (q.get("runs") or {}).get(f"{m}/ours"), (q.get("runs") or {}).get(f"{m}/lightly")
@@ -209,18 +218,21 @@ def summary(results: dict, before: dict | None = None) -> str:
     if "loaders" in ld:
         lines.append(f"- create_model(pretrained=True), warm: zoo / vanilla timm {ld['warm_ratio']:.2f}x, "
                      f"zoo / (timm + sha256) {ld['warm_ratio_vs_sha']:.2f}x.")
-    if before:
-        bp = (before.get("pretrainers") or {}).get("data") or {}
-        ap = (results.get("pretrainers") or {}).get("data") or {}
-        gains = [ap[k]["images_per_s"] / bp[k]["images_per_s"] for k in ap
-                 if k in bp and "images_per_s" in ap[k] and "images_per_s" in bp[k]]
-        if gains:
-            lines.append(f"- ViT pretrainers after the attention change: {min(gains):.2f}x to "
-                         f"{max(gains):.2f}x the images/s of before (bf16, same harness).")
+    ap = (results.get("pretrainers") or {}).get("data") or {}
+    for label, b in (before or {}).items():
+        bp = (b.get("pretrainers") or {}).get("data") or {}
+        for family in ("resnet", "vit"):
+            gains = [ap[k]["images_per_s"] / bp[k]["images_per_s"] for k in ap
+                     if family in k and k in bp and "images_per_s" in ap[k] and "images_per_s" in bp[k]]
+            if gains:
+                lines.append(f"- After {label}: {family.replace('resnet', 'ResNet').replace('vit', 'ViT')} "
+                             f"pretrainers {min(gains):.2f}x to {max(gains):.2f}x the images/s of before "
+                             f"({len(gains)} pretrainers, bf16, same harness).")
     return "## Summary (computed from the results)\n\n" + "\n".join(lines) if lines else ""
 
 
-def render(results: dict, before: dict | None = None) -> str:
+def render(results: dict, before: dict[str, dict] | None = None) -> str:
+    """`before`: {what changed: the results file from just before that change}."""
     head = summary(results, before)
     parts = [head] if head else []
     runs = results.get("runs") or []
@@ -239,8 +251,8 @@ def render(results: dict, before: dict | None = None) -> str:
             continue
         body = f"Error: {d['error']}" if isinstance(d, dict) and set(d) == {"error"} else fn(d)
         parts.append(f"## {title}\n\n{body}\n\n{_section_note(results, sec)}")
-    if before:
-        parts.append("## Before / after closing the gaps\n\n" + before_after(before, results))
+    for label, b in (before or {}).items():
+        parts.append(f"## Before / after {label}\n\n" + before_after(b, results))
     return "\n\n".join(parts) + "\n"
 
 
@@ -250,11 +262,18 @@ PREAMBLE = Path(__file__).with_name("BENCHMARKS_PREAMBLE.md")
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("results", nargs="?", default=str(ROOT / "benchmarks" / "results.json"))
-    ap.add_argument("--before", default=None, help="an earlier results file for the before/after table")
+    ap.add_argument("--before", action="append", default=[], metavar="WHAT=FILE",
+                    help="the results file from just before a change, and what the change was "
+                         "(repeatable; one before/after table each)")
     ap.add_argument("--write", default=None, help="write the page (preamble + tables) to this path")
     a = ap.parse_args(argv)
     results = json.loads(Path(a.results).read_text())
-    before = json.loads(Path(a.before).read_text()) if a.before else None
+    before = {}
+    for item in a.before:
+        label, sep, path = item.rpartition("=")
+        if not sep or not label:
+            ap.error(f"--before {item!r}: expected WHAT=FILE, e.g. 'the attention change=benchmarks/x.json'")
+        before[label] = json.loads(Path(path).read_text())
     text = render(results, before)
     if a.write:
         from zoo.runs import atomic_write

@@ -121,6 +121,9 @@ def build_pair(method: str, seed: int = 0) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(seed)
     ours = create_pretrainer(name, **kwargs).train()
     theirs = peer_lightly.build(method, copy.deepcopy(ours.backbone), dims_of(method, ours)).train()
+    # lightly's side runs vanilla modules: our CPU kernel choices (zoo/kernels.py) are installed
+    # by the Pretrainer's first forward, after this copy
+    assert not any("_conv_forward" in m.__dict__ or hasattr(m, "_zoo_fused_attn") for m in theirs.modules())
     copy_weights(method, ours, theirs)
     return ours, theirs
 

@@ -87,3 +87,19 @@ def test_report_renders_tables():
                         "seconds": 1.0, "load_before": [0.1], "load_after": [0.2]}}
     text = render(results)
     assert "| fp32 | 8 | 1.5 |" in text and "## Machine" in text
+
+
+def test_report_before_after_per_change(tmp_path, capsys):
+    from benchmarks import report
+
+    def res(images_per_s):
+        return {"pretrainers": {"data": {"simclr_resnet18 bf16": {"images_per_s": images_per_s}}}}
+    text = report.render(res(300.0), {"change A": res(100.0), "change B": res(200.0)})
+    assert "## Before / after change A" in text and "## Before / after change B" in text
+    assert "| simclr_resnet18 bf16 | 100.0 | 300.0 | 3.00x |" in text
+    assert "After change B: ResNet pretrainers 1.50x to 1.50x" in text
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(res(1.0)))
+    with pytest.raises(SystemExit):
+        report.main([str(path), "--before", str(path)])              # no WHAT= label
+    assert "expected WHAT=FILE" in capsys.readouterr().err

@@ -12,10 +12,8 @@ pooled features of width `backbone.num_features`. `encode` adds masks:
 batched forward of B*K images (or token sequences), which is why a ResNet's BatchNorm sees the K
 masked copies of a batch together; the method docstrings say what that changes.
 
-`use_fast_attention(model)` makes every timm attention module pick its kernel per call: timm's
-fused `scaled_dot_product_attention` on accelerators and for long sequences, the plain
-matmul-softmax-matmul in training on the CPU for sequences of at most `CPU_SDPA_MIN_TOKENS`
-tokens, where PyTorch's CPU flash kernel is the slower one (same math; `Pretrainer` applies it).
+The faster CPU kernels a `Pretrainer` trains with (same math, plain timm modules) are in
+zoo/kernels.py.
 
 Example:
     >>> import torch, zoo.backbones as bb
@@ -149,46 +147,3 @@ def encode(backbone: nn.Module, x: Tensor, masks: Tensor | None = None) -> Tenso
         return pool(backbone, vit_tokens(backbone, x, ids_keep)).view(B, K, -1)
     hidden = occlude(x, masks.float())                     # (B, K, C, H, W)
     return backbone(hidden.flatten(0, 1)).view(B, K, -1)
-
-
-# --------------------------------------------------------------------------------------------
-# Attention kernel choice
-# --------------------------------------------------------------------------------------------
-
-# On the CPU, PyTorch's flash-attention kernel behind F.scaled_dot_product_attention is slower
-# than timm's plain attention path for short token sequences. Forward + backward, 3 heads x 64
-# dims, measured on the project's 2-core AVX-512-BF16 machine (benchmarks/, BENCHMARKS.md):
-# 13-65 tokens 3-8x slower in bf16 and 1.1-2.2x in fp32; 197 tokens 3x slower in bf16, even in
-# fp32; 785 tokens: flash 1.8x faster in fp32, even in bf16. In training mode, sequences up to
-# this length take the plain path on the CPU; everything else keeps timm's choice, so inference
-# (eval mode) stays bit-for-bit vanilla timm.
-CPU_SDPA_MIN_TOKENS = 256
-
-
-def _attention_kernel_hook(module: nn.Module, args: tuple) -> None:
-    x = args[0]                                             # (B, N, C) tokens
-    short_on_cpu = x.device.type == "cpu" and x.dim() == 3 and x.shape[1] <= CPU_SDPA_MIN_TOKENS
-    module.fused_attn = module._zoo_fused_attn and not (module.training and short_on_cpu)
-
-
-def use_fast_attention(model: nn.Module) -> nn.Module:
-    """Let every timm attention module (`fused_attn` attribute) in `model` choose per call: fused
-    SDPA as timm configured it, except plain attention for short sequences on the CPU in training
-    mode (forward and backward there are up to 8x faster in bf16; see CPU_SDPA_MIN_TOKENS).
-
-    Idempotent; state dicts are unchanged and outputs too (the same attention, up to float
-    rounding in training mode, bit for bit in eval mode).
-
-    Example:
-        >>> import torch
-        >>> vit = use_fast_attention(create_backbone("vit_tiny_patch4_32")).train()
-        >>> _ = vit(torch.randn(1, 3, 32, 32)); vit.blocks[0].attn.fused_attn   # 65 tokens on CPU
-        False
-        >>> _ = vit.eval()(torch.randn(1, 3, 32, 32)); vit.blocks[0].attn.fused_attn
-        True
-    """
-    for m in model.modules():
-        if hasattr(m, "fused_attn") and not hasattr(m, "_zoo_fused_attn"):
-            m._zoo_fused_attn = bool(m.fused_attn)
-            m.register_forward_pre_hook(_attention_kernel_hook)
-    return model

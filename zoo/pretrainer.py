@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from zoo.backbones import use_fast_attention
+from zoo.kernels import use_fast_kernels
 
 
 @contextlib.contextmanager
@@ -44,8 +44,8 @@ def frozen(*modules: nn.Module | None) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def _fast_attention(pretrainer: nn.Module, args: tuple) -> None:
-    use_fast_attention(pretrainer)
+def _fast_kernels(pretrainer: nn.Module, args: tuple) -> None:
+    use_fast_kernels(pretrainer)
 
 
 class Pretrainer(nn.Module):
@@ -61,9 +61,9 @@ class Pretrainer(nn.Module):
     def __init__(self, backbone: nn.Module, objective: nn.Module, masker: nn.Module | None = None):
         super().__init__()
         self.backbone, self.objective, self.masker = backbone, objective, masker
-        # The faster attention kernel per device and sequence length for every timm attention
-        # module (backbone, decoders, teachers), including those a subclass adds later.
-        self.register_forward_pre_hook(_fast_attention)
+        # The faster CPU training kernels (zoo/kernels.py) for every attention module and
+        # convolution (backbone, decoders, teachers, maskers), including those a subclass adds later.
+        self.register_forward_pre_hook(_fast_kernels)
 
     def parameters_of(self, phase: str) -> list[nn.Parameter]:
         """The trainable parameters that phase `phase` steps."""

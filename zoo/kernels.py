@@ -1,0 +1,120 @@
+"""Faster CPU kernels for training, on plain timm modules: the same math, another kernel.
+
+`use_fast_kernels(model)` (applied by every `Pretrainer` before each forward) sets up two choices,
+each measured on the project's 2-core AVX-512-BF16 machine (benchmarks/, BENCHMARKS.md), each
+made per call and only in training mode on the CPU, so inference (eval mode) and accelerators
+stay bit-for-bit what timm does. State dicts, module classes and `repr` are unchanged: an exported
+backbone is still the vanilla timm network.
+
+1. Attention (`use_fast_attention`). PyTorch's CPU flash-attention kernel behind
+   `F.scaled_dot_product_attention` is slower than timm's plain matmul-softmax-matmul path for
+   short token sequences. Forward + backward, 3 heads x 64 dims: 13-65 tokens 3-8x slower in bf16
+   and 1.1-2.2x in fp32; 197 tokens 3x slower in bf16, even in fp32; 785 tokens: flash 1.8x faster
+   in fp32, even in bf16. Sequences of at most `CPU_SDPA_MIN_TOKENS` take the plain path.
+
+2. Convolutions with a 1 x 1 output (`use_fast_conv`). At 32 px a timm ResNet's last stage sees
+   1 x 1 maps: a 3 x 3 convolution (padding 1) there multiplies 8 of its 9 taps by padding zeros,
+   and oneDNN's bf16 weight-gradient kernel for such maps takes ~10x its forward (ResNet-18,
+   layer4, 256 images: 17 ms backward vs 1.7 ms forward). The output is exactly one matmul of the
+   input with the taps that see it (`seen_taps`), which is what runs instead: the other taps get
+   an exact zero gradient, as they do from the convolution. A ResNet-18 SimCLR step at 32 px in
+   bf16 + channels_last went from 1.3-1.6x to 2.0-2.1x the fp32 NCHW step (one process, interleaved).
+   Only `nn.Conv2d` itself with zero padding, groups 1 and dilation 1 is touched.
+
+Example:
+    >>> import torch, timm
+    >>> net = use_fast_kernels(timm.create_model("resnet18", num_classes=0)).train()
+    >>> conv = net.layer4[1].conv2
+    >>> seen_taps(conv, (512, 1, 1))            # 1 x 1 map: the centre tap is all it sees
+    (slice(1, 2, None), slice(1, 2, None))
+    >>> type(conv).__name__, seen_taps(conv, (512, 2, 2)) is None
+    ('Conv2d', True)
+"""
+from __future__ import annotations
+
+import functools
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["use_fast_kernels", "use_fast_attention", "use_fast_conv", "seen_taps", "CPU_SDPA_MIN_TOKENS"]
+
+CPU_SDPA_MIN_TOKENS = 256
+
+
+def use_fast_kernels(model: nn.Module) -> nn.Module:
+    """Both kernel choices below, for every module in `model`. Idempotent."""
+    return use_fast_conv(use_fast_attention(model))
+
+
+# --------------------------------------------------------------------------------------------
+# Attention
+# --------------------------------------------------------------------------------------------
+
+def _attention_kernel_hook(module: nn.Module, args: tuple) -> None:
+    x = args[0]                                             # (B, N, C) tokens
+    short_on_cpu = x.device.type == "cpu" and x.dim() == 3 and x.shape[1] <= CPU_SDPA_MIN_TOKENS
+    module.fused_attn = module._zoo_fused_attn and not (module.training and short_on_cpu)
+
+
+def use_fast_attention(model: nn.Module) -> nn.Module:
+    """Let every timm attention module (`fused_attn` attribute) in `model` choose per call: fused
+    SDPA as timm configured it, except plain attention for short sequences on the CPU in training
+    mode. Idempotent.
+
+    Example:
+        >>> import torch, timm
+        >>> vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, num_classes=0)
+        >>> vit = use_fast_attention(vit).train()
+        >>> _ = vit(torch.randn(1, 3, 32, 32)); vit.blocks[0].attn.fused_attn   # 65 tokens on CPU
+        False
+        >>> _ = vit.eval()(torch.randn(1, 3, 32, 32)); vit.blocks[0].attn.fused_attn
+        True
+    """
+    for m in model.modules():
+        if hasattr(m, "fused_attn") and not hasattr(m, "_zoo_fused_attn"):
+            m._zoo_fused_attn = bool(m.fused_attn)
+            m.register_forward_pre_hook(_attention_kernel_hook)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# Convolutions with a 1 x 1 output
+# --------------------------------------------------------------------------------------------
+
+def seen_taps(conv: nn.Conv2d, input_shape: tuple[int, ...]) -> tuple[slice, slice] | None:
+    """The kernel rows and columns that see the input when `conv`'s output is 1 x 1, else None.
+
+    Output position 0 reads input row `r - padding` with kernel row r: the rows in
+    [padding, padding + H) that exist in the kernel. Input rows past `kernel - padding` are never
+    read (a stride larger than the map).
+    """
+    H, W = input_shape[-2:]
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    if H + 2 * ph - kh >= sh or W + 2 * pw - kw >= sw:       # more than one output position
+        return None
+    rows, cols = slice(ph, min(kh, ph + H)), slice(pw, min(kw, pw + W))
+    return (rows, cols) if rows.start < rows.stop and cols.start < cols.stop else None
+
+
+def _conv_forward(conv: nn.Conv2d, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    taps = seen_taps(conv, x.shape) if conv.training and x.device.type == "cpu" and x.dim() == 4 else None
+    if taps is None:
+        return nn.Conv2d._conv_forward(conv, x, weight, bias)
+    rows, cols = taps
+    seen = x[:, :, : rows.stop - rows.start, : cols.stop - cols.start]       # from input row/col 0
+    out = F.linear(seen.flatten(1), weight[:, :, rows, cols].flatten(1), bias)
+    return out[:, :, None, None]
+
+
+def use_fast_conv(model: nn.Module) -> nn.Module:
+    """Let every plain `nn.Conv2d` in `model` (zero padding, groups 1, dilation 1) compute a 1 x 1
+    output as one matmul over the taps that see the input, in training mode on the CPU. Idempotent.
+    """
+    for m in model.modules():
+        if (type(m) is nn.Conv2d and "_conv_forward" not in m.__dict__ and m.groups == 1
+                and m.dilation == (1, 1) and m.padding_mode == "zeros" and not isinstance(m.padding, str)):
+            # a partial, not a bound method: deepcopy (EMA teachers) rebinds it to the copy, and
+            # torch.save can pickle it
+            m._conv_forward = functools.partial(_conv_forward, m)
+    return model
