@@ -3,8 +3,8 @@ in BENCHMARKS.md comes from a results file written by `python -m benchmarks.run`
 
     python -m benchmarks.report benchmarks/results.json                    # print the tables
     python -m benchmarks.report benchmarks/results.json \\
-        --before "the attention change=benchmarks/results_before_attention.json" \\
-        --before "the 1 x 1 convolution change=benchmarks/results_before_conv.json" \\
+        --change "the attention change=benchmarks/results_before_attention.json,benchmarks/results_after_attention.json" \\
+        --change "the 1 x 1 convolution change=benchmarks/results_before_conv.json" \\
         --write BENCHMARKS.md                                              # regenerate the page
 
 Example:
@@ -170,7 +170,7 @@ def before_after(before: dict, after: dict) -> str:
     return out
 
 
-def summary(results: dict, before: dict[str, dict] | None = None) -> str:
+def summary(results: dict, changes: dict[str, tuple[dict, dict]] | None = None) -> str:
     """The targets of issue 6, checked against the numbers (computed here, never typed)."""
     lines = []
     vs = {k: r for k, r in ((results.get("versus") or {}).get("data") or {}).items() if "ratio_fp32" in r}
@@ -218,9 +218,9 @@ def summary(results: dict, before: dict[str, dict] | None = None) -> str:
     if "loaders" in ld:
         lines.append(f"- create_model(pretrained=True), warm: zoo / vanilla timm {ld['warm_ratio']:.2f}x, "
                      f"zoo / (timm + sha256) {ld['warm_ratio_vs_sha']:.2f}x.")
-    ap = (results.get("pretrainers") or {}).get("data") or {}
-    for label, b in (before or {}).items():
+    for label, (b, after) in (changes or {}).items():
         bp = (b.get("pretrainers") or {}).get("data") or {}
+        ap = (after.get("pretrainers") or {}).get("data") or {}
         for family in ("resnet", "vit"):
             gains = [ap[k]["images_per_s"] / bp[k]["images_per_s"] for k in ap
                      if family in k and k in bp and "images_per_s" in ap[k] and "images_per_s" in bp[k]]
@@ -231,9 +231,13 @@ def summary(results: dict, before: dict[str, dict] | None = None) -> str:
     return "## Summary (computed from the results)\n\n" + "\n".join(lines) if lines else ""
 
 
-def render(results: dict, before: dict[str, dict] | None = None) -> str:
-    """`before`: {what changed: the results file from just before that change}."""
-    head = summary(results, before)
+def _machines(results: dict) -> str:
+    return "; ".join(sorted({r["machine_line"] for r in results.get("runs") or []})) or "-"
+
+
+def render(results: dict, changes: dict[str, tuple[dict, dict]] | None = None) -> str:
+    """`changes`: {what changed: (results from just before it, results after it, same machine)}."""
+    head = summary(results, changes)
     parts = [head] if head else []
     runs = results.get("runs") or []
     if runs:
@@ -251,8 +255,9 @@ def render(results: dict, before: dict[str, dict] | None = None) -> str:
             continue
         body = f"Error: {d['error']}" if isinstance(d, dict) and set(d) == {"error"} else fn(d)
         parts.append(f"## {title}\n\n{body}\n\n{_section_note(results, sec)}")
-    for label, b in (before or {}).items():
-        parts.append(f"## Before / after {label}\n\n" + before_after(b, results))
+    for label, (b, after) in (changes or {}).items():
+        parts.append(f"## Before / after {label}\n\n" + before_after(b, after)
+                     + f"\n\n_Before: {_machines(b)}. After: {_machines(after)}._")
     return "\n\n".join(parts) + "\n"
 
 
@@ -262,19 +267,22 @@ PREAMBLE = Path(__file__).with_name("BENCHMARKS_PREAMBLE.md")
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("results", nargs="?", default=str(ROOT / "benchmarks" / "results.json"))
-    ap.add_argument("--before", action="append", default=[], metavar="WHAT=FILE",
-                    help="the results file from just before a change, and what the change was "
-                         "(repeatable; one before/after table each)")
+    ap.add_argument("--change", action="append", default=[], metavar="WHAT=BEFORE[,AFTER]",
+                    help="what a change was, the results file from just before it and the one from "
+                         "after it on the same machine (default: the main results); repeatable, one "
+                         "before/after table each")
     ap.add_argument("--write", default=None, help="write the page (preamble + tables) to this path")
     a = ap.parse_args(argv)
     results = json.loads(Path(a.results).read_text())
-    before = {}
-    for item in a.before:
-        label, sep, path = item.rpartition("=")
+    changes = {}
+    for item in a.change:
+        label, sep, paths = item.rpartition("=")
         if not sep or not label:
-            ap.error(f"--before {item!r}: expected WHAT=FILE, e.g. 'the attention change=benchmarks/x.json'")
-        before[label] = json.loads(Path(path).read_text())
-    text = render(results, before)
+            ap.error(f"--change {item!r}: expected WHAT=BEFORE[,AFTER], e.g. 'the attention change=b.json,a.json'")
+        before, _, after = paths.partition(",")
+        changes[label] = (json.loads(Path(before).read_text()),
+                          json.loads(Path(after).read_text()) if after else results)
+    text = render(results, changes)
     if a.write:
         from zoo.runs import atomic_write
         cmd = "python -m benchmarks.report " + " ".join(argv if argv is not None else __import__("sys").argv[1:])

@@ -94,13 +94,13 @@ def test_report_before_after_per_change(tmp_path, capsys):
 
     def res(images_per_s):
         return {"pretrainers": {"data": {"simclr_resnet18 bf16": {"images_per_s": images_per_s}}}}
-    before = {"change A": res(100.0), "change B": res(200.0)}
-    text = report.render({}, before)
+    changes = {"change A": (res(100.0), res(300.0)), "change B": (res(200.0), res(300.0))}
+    text = report.render({}, changes)
     assert "## Before / after change A" in text and "## Before / after change B" in text
-    assert "| simclr_resnet18 bf16 | 100.0 | 300.0 | 3.00x |" in report.before_after(before["change A"], res(300.0))
-    assert "After change B: ResNet pretrainers 1.50x to 1.50x" in report.summary(res(300.0), before)
+    assert "| simclr_resnet18 bf16 | 100.0 | 300.0 | 3.00x |" in text
+    assert "After change B: ResNet pretrainers 1.50x to 1.50x" in report.summary({}, changes)
     path = tmp_path / "r.json"
     path.write_text(json.dumps(res(1.0)))
     with pytest.raises(SystemExit):
-        report.main([str(path), "--before", str(path)])              # no WHAT= label
-    assert "expected WHAT=FILE" in capsys.readouterr().err
+        report.main([str(path), "--change", str(path)])              # no WHAT= label
+    assert "expected WHAT=BEFORE[,AFTER]" in capsys.readouterr().err
