@@ -5,7 +5,11 @@ in BENCHMARKS.md comes from a results file written by `python -m benchmarks.run`
     python -m benchmarks.report benchmarks/results.json \\
         --change "the attention change=benchmarks/results_before_attention.json,benchmarks/results_after_attention.json" \\
         --change "the 1 x 1 convolution change=benchmarks/results_before_conv.json" \\
-        --write BENCHMARKS.md                                              # regenerate the page
+        --write BENCHMARKS.md --readme README.md                           # regenerate the page
+    python -m benchmarks.report ... --check          # the same arguments: exit 1 if either is stale
+
+`--readme` fills README.md's benchmark headline (between its `benchmarks:start` / `end`
+markers) from the same results, so the README states no number that results.json does not hold.
 
 Example:
     >>> from benchmarks.report import render
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,6 +236,61 @@ def summary(results: dict, changes: dict[str, tuple[dict, dict]] | None = None) 
     return "## Summary (computed from the results)\n\n" + "\n".join(lines) if lines else ""
 
 
+README_START = "<!-- benchmarks:start (python -m benchmarks.report --readme README.md) -->"
+README_END = "<!-- benchmarks:end -->"
+
+
+def _span(xs, fmt="{:.2f}", unit="") -> str:
+    lo, hi = min(xs), max(xs)
+    return f"{fmt.format(lo)}{unit}" if fmt.format(lo) == fmt.format(hi) else f"{fmt.format(lo)}{unit}-{fmt.format(hi)}{unit}"
+
+
+def headline(results: dict) -> str:
+    """README.md's benchmark lines: the lightly comparison and the fixed-budget quality, with the
+    run that measured them (computed from `results`, like every table of BENCHMARKS.md)."""
+    vs_sec = results.get("versus") or {}
+    vs = {k: r for k, r in (vs_sec.get("data") or {}).items() if "ratio_fp32" in r}
+    if not vs:
+        return "\n".join([README_START, "", "No lightly comparison in benchmarks/results.json yet.", "", README_END])
+    run = results["runs"][vs_sec["run"]]
+    batches = sorted({r["batch"] for r in vs.values()}, reverse=True)
+    cnn = [r for r in vs.values() if r["arch"] != "vit_tiny_patch4_32"]
+    vit = [r for r in vs.values() if r["arch"] == "vit_tiny_patch4_32"]
+    names = sorted({r["method"] for r in cnn}, key=["simclr", "byol", "simsiam"].index)
+    pretty = {"simclr": "SimCLR", "byol": "BYOL", "simsiam": "SimSiam", "mae": "MAE"}
+    met = sum(r["speedup_default"] >= 1.5 for r in vs.values())
+    parts = []
+    if cnn:
+        parts.append(f"{', '.join(pretty[m] for m in names[:-1])} and {pretty[names[-1]]} on a ResNet-18 at "
+                     f"32 px {_span([r['speedup_default'] for r in cnn], unit='x')} faster")
+    if vit:
+        parts.append(f"MAE on a ViT-Tiny/4 {_span([r['speedup_default'] for r in vit], unit='x')} faster")
+    equal = all(r["loss_equal"] for r in vs.values())
+    lines = [
+        f"Measured on {run['machine_line'].split(';')[0]} (`{run['command']}`, {run['started'][:10]}; sides "
+        f"interleaved in one run, batch {' and '.join(map(str, batches))}). Against lightly, each library in "
+        f"its default precision (ours bf16 + channels_last, lightly's examples fp32), the zoo trains "
+        + " and ".join(parts) + f" (>= 1.5x in {met} of {len(vs)} cases). At equal settings our step takes "
+        f"{_span([r['ratio_fp32'] for r in vs.values()])} of lightly's in fp32 and "
+        f"{_span([r['ratio_bf16'] for r in vs.values()])} in bf16 + channels_last, "
+        + ("with equal losses and gradients on equal weights and inputs." if equal
+           else "but the losses or gradients DIFFER in some case (see BENCHMARKS.md)."),
+    ]
+    q_sec = results.get("quality") or {}
+    q = (q_sec.get("data") or {}).get("runs") or {}
+    pairs = [(m, q[f"{m}/ours"], q[f"{m}/lightly"]) for m in ("simclr", "byol")
+             if f"{m}/ours" in q and f"{m}/lightly" in q]
+    if pairs:
+        qrun = results["runs"][q_sec["run"]]
+        lines.append(
+            f"After the same {q_sec['data']['minutes']:g} minutes of training steps each (`{qrun['command']}`), "
+            "kNN top-1 (k = 20) on Fashion-MNIST: " + "; ".join(
+                f"{pretty[m]} ours {o['knn']['knn_top1_k20']:.1f} vs lightly {t['knn']['knn_top1_k20']:.1f} "
+                f"({o['images']} vs {t['images']} images seen)" for m, o, t in pairs) + ".")
+    wrap = dict(width=100, break_long_words=False, break_on_hyphens=False)
+    return "\n".join([README_START, "", *("\n".join(textwrap.wrap(x, **wrap)) + "\n" for x in lines), README_END])
+
+
 def _machines(results: dict) -> str:
     return "; ".join(sorted({r["machine_line"] for r in results.get("runs") or []})) or "-"
 
@@ -264,7 +324,7 @@ def render(results: dict, changes: dict[str, tuple[dict, dict]] | None = None) -
 PREAMBLE = Path(__file__).with_name("BENCHMARKS_PREAMBLE.md")
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("results", nargs="?", default=str(ROOT / "benchmarks" / "results.json"))
     ap.add_argument("--change", action="append", default=[], metavar="WHAT=BEFORE[,AFTER]",
@@ -272,6 +332,10 @@ def main(argv=None) -> None:
                          "after it on the same machine (default: the main results); repeatable, one "
                          "before/after table each")
     ap.add_argument("--write", default=None, help="write the page (preamble + tables) to this path")
+    ap.add_argument("--readme", default=None, help="fill this README's benchmark headline block")
+    ap.add_argument("--check", action="store_true",
+                    help="write nothing; exit 1 if --write's page or --readme's block is not what the results give")
+    argv = list(__import__("sys").argv[1:] if argv is None else argv)
     a = ap.parse_args(argv)
     results = json.loads(Path(a.results).read_text())
     changes = {}
@@ -283,13 +347,24 @@ def main(argv=None) -> None:
         changes[label] = (json.loads(Path(before).read_text()),
                           json.loads(Path(after).read_text()) if after else results)
     text = render(results, changes)
+    cmd = "python -m benchmarks.report " + " ".join(
+        (f'"{x}"' if " " in x else x) for x in argv if x != "--check")
+    status = 0
     if a.write:
         from zoo.runs import atomic_write
-        cmd = "python -m benchmarks.report " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
         page = PREAMBLE.read_text() + f"\n<!-- generated by `{cmd}`; do not edit the tables by hand -->\n\n" + text
-        atomic_write(a.write, page)
-    print(text)
+        if not a.check:
+            atomic_write(a.write, page)
+        elif Path(a.write).read_text() != page:
+            print(f"{a.write} is out of date with {a.results}: run {cmd}")
+            status = 1
+    if a.readme:
+        from train.readme_table import fill_block
+        status |= fill_block(Path(a.readme), README_START, README_END, headline(results), a.check, a.results, cmd)
+    if not a.check:
+        print(text)
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -125,6 +125,26 @@ def block(table_path: Path, weights_dir: Path, plan_path: Path) -> str:
                       *pairs_table(all_cards, plan), "", END])
 
 
+def fill_block(readme: Path, start: str, end: str, block: str, check: bool, source: str, command: str) -> int:
+    """Put `block` (its own markers included) between `start` and `end` in `readme`, or with
+    `check` only compare: 0 if the file already says it, 1 (and a line naming `command`) if not."""
+    text = readme.read_text()
+    if start not in text or end not in text:
+        raise SystemExit(f"{readme} has no {start} ... {end} block to fill")
+    head, rest = text.split(start, 1)
+    new = head + block + rest.split(end, 1)[1]
+    if check:
+        if new != text:
+            print(f"{readme} is out of date with {source}: run {command}")
+            return 1
+        print(f"{readme} matches {source}")
+        return 0
+    from zoo.runs import atomic_write
+    atomic_write(readme, new)
+    print(f"wrote the block of {readme} that {source} gives")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="exit 1 if README.md differs from the cards")
@@ -133,20 +153,8 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", type=Path, default=REPO / "weights")
     ap.add_argument("--plan", type=Path, default=REPO / "weights" / "releases.yaml")
     args = ap.parse_args(argv)
-    text = args.readme.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{args.readme} has no {START} ... {END} block to fill")
-    head, rest = text.split(START, 1)
-    new = head + block(args.table, args.weights, args.plan) + rest.split(END, 1)[1]
-    if args.check:
-        if new != text:
-            print(f"{args.readme} is out of date with the cards: run python train/readme_table.py")
-            return 1
-        print(f"{args.readme} matches the cards")
-        return 0
-    args.readme.write_text(new)
-    print(f"wrote the released-weight tables of {args.readme}")
-    return 0
+    return fill_block(args.readme, START, END, block(args.table, args.weights, args.plan), args.check,
+                      "the cards", "python train/readme_table.py")
 
 
 if __name__ == "__main__":
