@@ -61,14 +61,25 @@ def test_seen_taps_by_hand():
     assert seen_taps(conv3, (2, 2)) is None and seen_taps(conv3s2, (3, 3)) is None
 
 
-def test_conv_under_bf16_autocast_and_channels_last():
-    conv, x = _conv_and_reference(1, 1, 3, 1, 1, True)
+@pytest.mark.parametrize("H,k,s,p", [(1, 3, 1, 1), (2, 3, 2, 1), (2, 1, 2, 0)])     # ResNet stage-4 shapes
+def test_conv_under_bf16_autocast_and_channels_last(H, k, s, p):
+    conv, x = _conv_and_reference(H, H, k, s, p, True)
     conv, x = conv.to(memory_format=torch.channels_last), x.detach().contiguous(memory_format=torch.channels_last)
+    fast = use_fast_conv(copy.deepcopy(conv))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         expected = conv(x)
-        got = use_fast_conv(copy.deepcopy(conv))(x)
+        got = fast(x)
     assert got.dtype == expected.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), expected.float(), rtol=2e-2, atol=2e-2)
+    # two uses of the weight (two views), as in a siamese step: the gradients add up
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (conv(x).float().square().sum() + conv(2 * x).float().sum()).backward()
+        (fast(x).float().square().sum() + fast(2 * x).float().sum()).backward()
+    for ours, ref in ((fast.weight, conv.weight), (fast.bias, conv.bias)):
+        assert ours.grad.dtype == ref.grad.dtype == torch.float32
+        torch.testing.assert_close(ours.grad, ref.grad, rtol=2e-2, atol=2e-2 * ref.grad.abs().max().item())
+    # the weight's gradient comes in the weight's own (channels_last) layout: no copy to fix it up
+    assert fast.weight.grad.stride() == fast.weight.stride() != conv.weight.new_empty(conv.weight.shape).stride()
 
 
 def test_eval_mode_and_larger_maps_are_vanilla_bit_for_bit():

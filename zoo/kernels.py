@@ -1,7 +1,7 @@
 """Faster CPU kernels for training, on plain timm modules: the same math, another kernel.
 
 `use_fast_kernels(model)` (applied by every `Pretrainer` before each forward) sets up two choices,
-each measured on the project's 2-core AVX-512-BF16 machine (benchmarks/, BENCHMARKS.md), each
+each measured on the project's 2-core CPU hosts (benchmarks/, BENCHMARKS.md), each
 made per call and only in training mode on the CPU, so inference (eval mode) and accelerators
 stay bit-for-bit what timm does. State dicts, module classes and `repr` are unchanged: an exported
 backbone is still the vanilla timm network.
@@ -14,12 +14,15 @@ backbone is still the vanilla timm network.
 
 2. Convolutions with a 1 x 1 output (`use_fast_conv`). At 32 px a timm ResNet's last stage sees
    1 x 1 maps: a 3 x 3 convolution (padding 1) there multiplies 8 of its 9 taps by padding zeros,
-   and oneDNN's bf16 weight-gradient kernel for such maps takes ~10x its forward (ResNet-18,
-   layer4, 256 images: 17 ms backward vs 1.7 ms forward). The output is exactly one matmul of the
+   and oneDNN's bf16 kernels for such maps are slow: a 512 x 512 stage-4 convolution on 256 images,
+   bf16 + channels_last, forward + backward, takes 57 ms as `nn.Conv2d` and 1.9 ms as the matmul
+   below on the Intel Xeon (AMX) host (on the earlier AMD host the backward alone took ~10x the
+   forward, 17 ms vs 1.7 ms). The output is exactly one matmul of the
    input with the taps that see it (`seen_taps`), which is what runs instead: the other taps get
-   an exact zero gradient, as they do from the convolution. A ResNet-18 SimCLR step at 32 px in
-   bf16 + channels_last went from 1.3-1.6x to 2.0-2.1x the fp32 NCHW step (one process, interleaved).
-   Only `nn.Conv2d` itself with zero padding, groups 1 and dilation 1 is touched.
+   an exact zero gradient, as they do from the convolution (`_Taps` writes that gradient once, in
+   the weight's memory format). BENCHMARKS.md ("Before / after the 1 x 1 convolution change")
+   has the step times with and without it. Only `nn.Conv2d` itself with zero padding, groups 1
+   and dilation 1 is touched.
 
 Example:
     >>> import torch, timm
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import functools
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -97,13 +101,35 @@ def seen_taps(conv: nn.Conv2d, input_shape: tuple[int, ...]) -> tuple[slice, sli
     return (rows, cols) if rows.start < rows.stop and cols.start < cols.stop else None
 
 
+class _Taps(torch.autograd.Function):
+    """`weight[:, :, rows, cols]`, whose gradient is the full kernel written once, in the weight's
+    own memory format. Autograd's slice backward zero-fills a contiguous full-size kernel for each
+    of the two slices, and the gradient is then copied again into a channels_last weight's
+    layout: ~20 ms of a 160 ms SimCLR step at batch 64 went there (profile, 2 views x 3 stage-4
+    convolutions)."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, rows: slice, cols: slice) -> Tensor:
+        ctx.save_for_backward(weight)                      # a parameter: saving it costs nothing
+        ctx.taps = rows, cols
+        return weight[:, :, rows, cols]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (weight,) = ctx.saved_tensors
+        rows, cols = ctx.taps
+        full = torch.zeros_like(weight, dtype=grad.dtype)  # keeps the weight's strides
+        full[:, :, rows, cols] = grad
+        return full, None, None
+
+
 def _conv_forward(conv: nn.Conv2d, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     taps = seen_taps(conv, x.shape) if conv.training and x.device.type == "cpu" and x.dim() == 4 else None
     if taps is None:
         return nn.Conv2d._conv_forward(conv, x, weight, bias)
     rows, cols = taps
     seen = x[:, :, : rows.stop - rows.start, : cols.stop - cols.start]       # from input row/col 0
-    out = F.linear(seen.flatten(1), weight[:, :, rows, cols].flatten(1), bias)
+    out = F.linear(seen.flatten(1), _Taps.apply(weight, rows, cols).flatten(1), bias)
     return out[:, :, None, None]
 
 
