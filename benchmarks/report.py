@@ -5,6 +5,7 @@ in BENCHMARKS.md comes from a results file written by `python -m benchmarks.run`
     python -m benchmarks.report benchmarks/results.json \\
         --change "the attention change=benchmarks/results_before_attention.json,benchmarks/results_after_attention.json" \\
         --change "the 1 x 1 convolution change=benchmarks/results_before_conv.json" \\
+        --change "the one-pass tap gradient=benchmarks/results_before_taps.json" \\
         --write BENCHMARKS.md --readme README.md                           # regenerate the page
     python -m benchmarks.report ... --check          # the same arguments: exit 1 if either is stale
 
@@ -270,7 +271,7 @@ def headline(results: dict) -> str:
         f"Measured on {run['machine_line'].split(';')[0]} (`{run['command']}`, {run['started'][:10]}; sides "
         f"interleaved in one run, batch {' and '.join(map(str, batches))}). Against lightly, each library in "
         f"its default precision (ours bf16 + channels_last, lightly's examples fp32), the zoo trains "
-        + " and ".join(parts) + f" (>= 1.5x in {met} of {len(vs)} cases). At equal settings our step takes "
+        + " and ".join(parts) + f" (1.5x or more in {met} of {len(vs)} cases). At equal settings our step takes "
         f"{_span([r['ratio_fp32'] for r in vs.values()])} of lightly's in fp32 and "
         f"{_span([r['ratio_bf16'] for r in vs.values()])} in bf16 + channels_last, "
         + ("with equal losses and gradients on equal weights and inputs." if equal

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # benchmarks/ is not installed
@@ -139,3 +140,21 @@ def test_readme_check_catches_a_changed_number(tmp_path, monkeypatch, capsys):
     assert "out of date" in capsys.readouterr().out
     assert report.main(["benchmarks/results.json", "--readme", str(readme)]) == 0        # repairs it
     assert readme.read_text() == text
+
+
+@pytest.mark.parametrize("cin,cout,size,stride", [(c // 16, o // 16, n, s) for c, o, n, s in
+                                                   __import__("benchmarks.probes").probes.SMALL_MAPS])
+def test_probe_dense_conv_is_the_convolution(cin, cout, size, stride):
+    """The small-map probe times a dense matmul against oneDNN: it must be the same map."""
+    from benchmarks.probes import dense_conv
+    torch.manual_seed(0)
+    x = torch.randn(3, cin, size, size, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(cout, cin, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: dense_conv(a, b, stride, 1), (x, w))
+    torch.testing.assert_close(dense_conv(x, w, stride, 1), F.conv2d(x, w, stride=stride, padding=1))
+
+
+def test_probes_reject_unknown_names():
+    from benchmarks import probes
+    with pytest.raises(SystemExit, match="unknown probe"):
+        probes.main(["stage5"])

@@ -15,9 +15,9 @@ backbone is still the vanilla timm network.
 2. Convolutions with a 1 x 1 output (`use_fast_conv`). At 32 px a timm ResNet's last stage sees
    1 x 1 maps: a 3 x 3 convolution (padding 1) there multiplies 8 of its 9 taps by padding zeros,
    and oneDNN's bf16 kernels for such maps are slow: a 512 x 512 stage-4 convolution on 256 images,
-   bf16 + channels_last, forward + backward, takes 57 ms as `nn.Conv2d` and 1.9 ms as the matmul
-   below on the Intel Xeon (AMX) host (on the earlier AMD host the backward alone took ~10x the
-   forward, 17 ms vs 1.7 ms). The output is exactly one matmul of the
+   bf16 + channels_last, forward + backward, takes 62 ms as `nn.Conv2d` and 2.8 ms as the matmul
+   below on the Intel Xeon (AMX) host (`python -m benchmarks.probes stage4`; on the earlier AMD
+   host the backward alone took ~10x the forward). The output is exactly one matmul of the
    input with the taps that see it (`seen_taps`), which is what runs instead: the other taps get
    an exact zero gradient, as they do from the convolution (`_Taps` writes that gradient once, in
    the weight's memory format). BENCHMARKS.md ("Before / after the 1 x 1 convolution change")
@@ -105,8 +105,8 @@ class _Taps(torch.autograd.Function):
     """`weight[:, :, rows, cols]`, whose gradient is the full kernel written once, in the weight's
     own memory format. Autograd's slice backward zero-fills a contiguous full-size kernel for each
     of the two slices, and the gradient is then copied again into a channels_last weight's
-    layout: ~20 ms of a 160 ms SimCLR step at batch 64 went there (profile, 2 views x 3 stage-4
-    convolutions)."""
+    layout: a bf16 SimCLR step at batch 64 (2 views x 5 stage-4 convolutions) took 186 ms that
+    way and 166 ms with this (`python -m benchmarks.probes taps`, interleaved)."""
 
     @staticmethod
     def forward(ctx, weight: Tensor, rows: slice, cols: slice) -> Tensor:
