@@ -110,15 +110,15 @@ class _Taps(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight: Tensor, rows: slice, cols: slice) -> Tensor:
-        ctx.save_for_backward(weight)                      # a parameter: saving it costs nothing
+        # the backward needs only the layout
+        ctx.layout = weight.shape, weight.stride(), weight.device
         ctx.taps = rows, cols
         return weight[:, :, rows, cols]
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (weight,) = ctx.saved_tensors
-        rows, cols = ctx.taps
-        full = torch.zeros_like(weight, dtype=grad.dtype)  # keeps the weight's strides
+        (shape, stride, device), (rows, cols) = ctx.layout, ctx.taps
+        full = torch.empty_strided(shape, stride, dtype=grad.dtype, device=device).zero_()
         full[:, :, rows, cols] = grad
         return full, None, None
 
