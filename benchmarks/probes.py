@@ -70,15 +70,17 @@ def stage4(batch: int = 256) -> dict:
 # --------------------------------------------------------------------------------------------
 # --------------------------------------------------------------------------------------------
 
-def _sliced_conv_forward(conv: nn.Conv2d, x, weight, bias):
-    """zoo.kernels' 1 x 1-output matmul as it was first written: the seen taps by autograd slicing."""
-    from zoo.kernels import seen_taps
-    taps = seen_taps(conv, x.shape) if conv.training and x.device.type == "cpu" and x.dim() == 4 else None
-    if taps is None:
-        return nn.Conv2d._conv_forward(conv, x, weight, bias)
-    rows, cols = taps
-    seen = x[:, :, : rows.stop - rows.start, : cols.stop - cols.start]
-    return F.linear(seen.flatten(1), weight[:, :, rows, cols].flatten(1), bias)[:, :, None, None]
+def _sliced(step):
+    """`step` with the seen taps taken by autograd slicing, as zoo.kernels first wrote it."""
+    import zoo.kernels as kernels
+
+    def run():
+        kernels.seen_weight = lambda w, rows, cols: w[:, :, rows, cols]
+        try:
+            step()
+        finally:
+            kernels.seen_weight = kernels._Taps.apply
+    return run
 
 
 def taps(methods=("simclr", "byol", "simsiam"), batches=(64, 128), precisions=("bf16", "fp32")) -> dict:
@@ -93,12 +95,8 @@ def taps(methods=("simclr", "byol", "simsiam"), batches=(64, 128), precisions=("
                     ours, _ = build_pair(method)
                     ours, views = prepare(ours, views_for(ours, method, batch), precision)
                     opt = make_optimizers(ours)
-                    train_step(ours, views, opt, precision)             # installs zoo.kernels
-                    if name == "sliced":
-                        for m in ours.modules():
-                            if "_conv_forward" in m.__dict__:
-                                m._conv_forward = functools.partial(_sliced_conv_forward, m)
-                    variants[name] = functools.partial(train_step, ours, views, opt, precision)
+                    step = functools.partial(train_step, ours, views, opt, precision)
+                    variants[name] = _sliced(step) if name == "sliced" else step
                 t = interleaved(variants)
                 key = f"{method} b{batch} {precision}"
                 out[key] = dict(sliced_s=t["sliced"], taps_s=t["taps"], taps_over_sliced=t["taps"] / t["sliced"])

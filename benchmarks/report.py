@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import textwrap
 from pathlib import Path
 
@@ -336,7 +337,7 @@ def main(argv=None) -> int:
     ap.add_argument("--readme", default=None, help="fill this README's benchmark headline block")
     ap.add_argument("--check", action="store_true",
                     help="write nothing; exit 1 if --write's page or --readme's block is not what the results give")
-    argv = list(__import__("sys").argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     a = ap.parse_args(argv)
     results = json.loads(Path(a.results).read_text())
     changes = {}

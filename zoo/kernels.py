@@ -123,13 +123,16 @@ class _Taps(torch.autograd.Function):
         return full, None, None
 
 
+seen_weight = _Taps.apply          # (weight, rows, cols) -> weight[:, :, rows, cols]
+
+
 def _conv_forward(conv: nn.Conv2d, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     taps = seen_taps(conv, x.shape) if conv.training and x.device.type == "cpu" and x.dim() == 4 else None
     if taps is None:
         return nn.Conv2d._conv_forward(conv, x, weight, bias)
     rows, cols = taps
     seen = x[:, :, : rows.stop - rows.start, : cols.stop - cols.start]       # from input row/col 0
-    out = F.linear(seen.flatten(1), _Taps.apply(weight, rows, cols).flatten(1), bias)
+    out = F.linear(seen.flatten(1), seen_weight(weight, rows, cols).flatten(1), bias)
     return out[:, :, None, None]
 
 
