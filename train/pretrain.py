@@ -57,6 +57,7 @@ from tqdm.auto import tqdm
 
 import zoo
 from zoo.data import build_dataset, collate_skip_bad, dataset_stats, eval_transform, two_views
+from zoo.data.batch_views import BatchViews, ViewParams, collate_draws
 from zoo.runs import atomic_write, save_pretrainer, update_metrics
 from train.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
 from train.mask_grid import masker_picture, save_mask_grid
@@ -111,7 +112,12 @@ def main(argv=None) -> torch.nn.Module:
     # ---- data: global batch -> micro-batches per process; views seeded per sample -------------
     stats = dataset_stats(recipe.data)
     mean, std = recipe.mean or stats["mean"], recipe.std or stats["std"]
-    views = two_views(recipe.views, recipe.image_size, mean, std, grayscale=stats["grayscale"])
+    view_args = dict(grayscale=stats["grayscale"], jitter=recipe.jitter)
+    if recipe.augment_on == "device":          # the loader draws, the device applies (batch_views)
+        views = ViewParams(recipe.views, recipe.image_size, **view_args)
+        device_views = BatchViews(recipe.views, recipe.image_size, mean, std, **view_args).to(accelerator.device)
+    else:
+        views, device_views = two_views(recipe.views, recipe.image_size, mean, std, **view_args), None
     data_kw = dict(recipe.data_args)
     if recipe.data == "imagefolder" or recipe.data.startswith("hf:"):
         data_kw["strict"] = recipe.strict_data
@@ -134,7 +140,8 @@ def main(argv=None) -> torch.nn.Module:
         epoch, in_epoch = divmod(step, steps_per_epoch)
         sampler.set_position(epoch, in_epoch)
         return iter(DataLoader(SeededSamples(train_set), batch_size=micro_batch, sampler=sampler,
-                               num_workers=recipe.num_workers, collate_fn=collate_skip_bad,
+                               num_workers=recipe.num_workers,
+                               collate_fn=collate_draws if device_views is not None else collate_skip_bad,
                                pin_memory=accelerator.device.type == "cuda",
                                generator=torch.Generator().manual_seed(recipe.seed + epoch),
                                persistent_workers=False))
@@ -193,8 +200,8 @@ def main(argv=None) -> torch.nn.Module:
             if any(b is None for b in micro_batches):
                 raise TrainingStopped(f"step {step}: a whole micro-batch of images was unreadable "
                                       f"({skipped.report() if skipped else ''})")
-            micro_batches = [[v.to(accelerator.device, non_blocking=True).contiguous(memory_format=memory_format)
-                              for v in b[0]] for b in micro_batches]
+            micro_batches = [[v.contiguous(memory_format=memory_format) for v in _views_of(b[0], device_views, accelerator.device)]
+                             for b in micro_batches]
             for phase in phases:
                 schedules[phase].step_update(step)
                 for i, views_mb in enumerate(micro_batches):
@@ -258,6 +265,13 @@ def main(argv=None) -> torch.nn.Module:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return pretrainer
+
+
+def _views_of(loaded, device_views, device) -> list[torch.Tensor]:
+    """The views of one micro-batch on the device: loaded as they are, or made there from
+    (uint8 images, per-image draws) by `device_views`."""
+    loaded = [t.to(device, non_blocking=True) for t in loaded]
+    return device_views(*loaded) if device_views is not None else loaded
 
 
 def _check_finite(accelerator, loss: torch.Tensor, step: int, phase: str, run_dir: Path) -> None:

@@ -66,6 +66,12 @@ class Recipe:
     data_args: dict = field(default_factory=dict)    # extra source keywords (scenes: length, seed; fashion_mnist: fit)
     image_size: int = 32
     views: str = "simclr"                # zoo.data.views preset (simclr, byol, mae, extrema, ... and *_gray)
+    augment_on: Literal["loader", "device"] = "loader"   # "device": draws per image in the loader,
+                                         # ops on the whole batch on the training device (zoo.data.batch_views;
+                                         # same-size images; ~10x less CPU than per-image PIL ops)
+    jitter: Optional[tuple[float, float, float, float]] = None   # ColorJitter brightness, contrast,
+                                         # saturation, hue for every view (None: the preset's; the ADIOS
+                                         # scripts set their own)
     mean: Optional[tuple[float, ...]] = None   # normalisation; None: the dataset's own statistics
     std: Optional[tuple[float, ...]] = None
     limit_train: int = 0                 # use only the first N training images (0: all); CPU-scale subsets
@@ -185,6 +191,9 @@ class Recipe:
         for key in ("lr", "weight_decay", "warmup_epochs", "warmup_start_lr", "min_lr"):
             if getattr(self, key) < 0:
                 raise RecipeError(f"{source}: {key} must be >= 0, got {getattr(self, key)}")
+        if self.jitter is not None and (any(v < 0 for v in self.jitter) or self.jitter[3] > 0.5):
+            raise RecipeError(f"{source}: jitter (brightness, contrast, saturation, hue) must be >= 0 "
+                              f"with hue <= 0.5, got {list(self.jitter)}")
         if (self.mean is None) != (self.std is None):
             raise RecipeError(f"{source}: give both mean and std, or neither")
 

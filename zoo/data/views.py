@@ -101,9 +101,13 @@ def resolve_preset(preset: str, grayscale: bool = False) -> str:
     return f"{base}_gray" if grayscale or preset.endswith("_gray") else base
 
 
+def blur_kernel_size(image_size: int) -> int:
+    """13 px (covers 3 sigma of the largest sigma, 2), odd and at most the image for tiny images."""
+    return max(min(13, image_size - (1 - image_size % 2)), 3)
+
+
 def _blur(image_size: int) -> v2.GaussianBlur:
-    k = min(13, image_size - (1 - image_size % 2))  # odd, at most the image
-    return v2.GaussianBlur(kernel_size=max(k, 3), sigma=(0.1, 2.0))
+    return v2.GaussianBlur(kernel_size=blur_kernel_size(image_size), sigma=(0.1, 2.0))
 
 
 def _colour(branch: Branch, image_size: int, mean, std) -> v2.Compose:
@@ -126,16 +130,22 @@ def _spatial(image_size: int, scale) -> v2.Compose:
                        v2.RandomHorizontalFlip()])
 
 
+def preset_spec(preset: str, grayscale: bool = False, jitter: tuple | None = None) -> tuple[str, Preset]:
+    """(resolved preset name, its Preset with the jitter strengths overridden when given)."""
+    name = resolve_preset(preset, grayscale)
+    spec = PRESETS[name]
+    if jitter is not None:  # per-script override of the jitter strengths
+        b = tuple(jitter) if not name.endswith("_gray") else (*tuple(jitter)[:2], 0.0, 0.0)
+        spec = replace(spec, branches=tuple(replace(br, jitter=b) for br in spec.branches))
+    return name, spec
+
+
 class Views:
     """PIL image -> list of augmented view tensors (C, H, W); `.preset` names what is applied."""
 
     def __init__(self, preset: str, image_size: int, mean, std, grayscale: bool = False,
                  jitter: tuple | None = None):
-        self.preset = resolve_preset(preset, grayscale)
-        spec = PRESETS[self.preset]
-        if jitter is not None:  # per-script override of the jitter strengths
-            b = tuple(jitter) if not self.preset.endswith("_gray") else (*tuple(jitter)[:2], 0.0, 0.0)
-            spec = replace(spec, branches=tuple(replace(br, jitter=b) for br in spec.branches))
+        self.preset, spec = preset_spec(preset, grayscale, jitter)
         self.spec = spec
         self.spatial = _spatial(image_size, spec.scale)
         self.colour = [_colour(b, image_size, mean, std) for b in spec.branches]
