@@ -1,4 +1,5 @@
 """ADIOS and ADIOS-s: the occluder, its penalty, and the two adversarial phases."""
+import copy
 import math
 
 import pytest
@@ -6,6 +7,8 @@ import torch
 
 import zoo
 from zoo.methods.adios import ADIOSOccluder, ADIOSPretrainer, choose_one
+
+from phase_probe import loop_step, phase_loss, sgd_per_phase, step_phase_by_hand
 
 IMG = 32
 
@@ -201,6 +204,31 @@ def test_masker_step_along_its_gradient_raises_the_objective():
     gain = objective() - before
     assert gain > 0
     assert gain == pytest.approx(eps * sq, rel=0.02)       # first-order prediction
+
+
+def test_loop_step_masker_phase_sees_the_encoder_after_its_update():
+    """Phase order encoder -> masker, as the training loop runs `pretrainer.phases`: the masker's
+    loss (and its step) is taken against the encoder already stepped on this batch, and the
+    encoder's loss against the occluder not yet stepped."""
+    p = _adios(alpha_sparsity=0.5)
+    views = _views()
+    start = copy.deepcopy(p)
+    lr = 0.5
+    order, losses, _ = loop_step(p, views, sgd_per_phase(p, lr))
+    # the paper's order, by hand from the same start: encoder step, then the masker on top of it
+    ref = copy.deepcopy(start)
+    encoder_loss = step_phase_by_hand(ref, views, "encoder", lr)
+    masker_after = phase_loss(ref, views, "masker")
+    step_phase_by_hand(ref, views, "masker", lr)
+    masker_before = phase_loss(start, views, "masker")    # what a masker-first loop would see
+    assert abs(masker_after - masker_before) > 0.1          # the encoder's step shows in it
+    assert set(order) == {"encoder", "masker"}
+    assert losses["masker"] == pytest.approx(masker_after, rel=1e-5), \
+        f"masker phase saw the encoder before its update ({masker_before:.6f}), phases {order}"
+    assert losses["encoder"] == pytest.approx(encoder_loss, rel=1e-5)
+    # and the whole step lands where the by-hand sequence does (BN buffers aside: train mode)
+    for (name, q), q_ref in zip(p.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(q, q_ref, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_simsiam_masks_both_views_with_one_pass_each():

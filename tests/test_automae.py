@@ -1,4 +1,5 @@
 """AutoMAE: attention source, generator sampling, discriminator, rectangle prior, phases."""
+import copy
 import math
 
 import pytest
@@ -182,6 +183,8 @@ from zoo.backbones import create_backbone  # noqa: E402
 from zoo.methods.automae import AutoMAEPretrainer  # noqa: E402
 from zoo.objectives import MAE  # noqa: E402
 
+from phase_probe import loop_step, phase_loss, sgd_per_phase, step_phase_by_hand  # noqa: E402
+
 
 def _automae(**kw):
     torch.manual_seed(0)
@@ -257,6 +260,146 @@ def test_encoder_phase_loss_is_rec_plus_0_2_lsgan_generator_term():
     torch.manual_seed(3)
     rec = p(x, phase="encoder")
     assert (with_g - rec).item() == pytest.approx(0.2 * (0.3 - 1) ** 2, rel=1e-5)
+
+
+class _FixedLogits(torch.nn.Module):
+    """A stand-in generator: the same log-probabilities over the patches for every image."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.register_buffer("logits", torch.as_tensor(logits, dtype=torch.float32))
+
+    def forward(self, attention):
+        return self.logits.log_softmax(-1).expand(attention.shape[0], -1)
+
+
+class _MaxD(torch.nn.Module):
+    """A stand-in discriminator whose score depends on its input: D(m) = 2 max(m) - 0.5 + b.
+
+    With a near one-hot generator (`_peaked`), fake maps score about 1.5 and the prior's
+    near-uniform maps (max <= e^1.5 / 67.5, about 0.07) about -0.4: LSGAN with real/fake targets
+    swapped gives a very different value (0.4 instead of 4.2).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.b = torch.nn.Parameter(torch.zeros(()))
+        self.seen = []
+
+    def forward(self, maps):
+        self.seen.append(maps.detach().clone())
+        return 2 * maps.flatten(1).amax(1, keepdim=True) - 0.5 + self.b
+
+
+def _peaked(L=64):
+    return torch.tensor([30.0] + [0.0] * (L - 1))       # Gumbel noise practically never beats 30
+
+
+def _scores_of_seen(d):
+    maps = torch.cat(d.seen).flatten(1)                 # every map D scored, whatever the batching
+    return 2 * maps.amax(1) - 0.5, maps.amax(1) > 0.5   # (scores, is the generator's sample)
+
+
+def test_discriminator_phase_lsgan_targets_with_an_input_dependent_discriminator():
+    p = _automae()
+    p.masker.generator, p.discriminator = _FixedLogits(_peaked()), _MaxD()
+    loss = p([torch.randn(4, 3, 32, 32)], phase="discriminator")
+    score, fake = _scores_of_seen(p.discriminator)
+    assert int(fake.sum()) == 4 and int((~fake).sum()) == 4    # 4 prior maps, 4 generator samples
+    real_s, fake_s = score[~fake], score[fake]
+    expected = ((real_s - 1) ** 2).mean() + (fake_s ** 2).mean()      # MSE(D(real),1) + MSE(D(fake),0)
+    swapped = (real_s ** 2).mean() + ((fake_s - 1) ** 2).mean()
+    assert abs(expected - swapped).item() > 1.0
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5), \
+        f"got {loss.item():.4f}; real/fake targets swapped would give {swapped.item():.4f}"
+    # d loss / d b = 2 mean(D(real) - 1) + 2 mean(D(fake)): D is pushed down on fakes, up on reals
+    loss.backward()
+    assert p.discriminator.b.grad.item() == pytest.approx((2 * (real_s - 1).mean() + 2 * fake_s.mean()).item(),
+                                                          rel=1e-5)
+
+
+def test_generator_term_targets_real_with_an_input_dependent_discriminator():
+    p = _automae()
+    p.masker.generator, p.discriminator = _FixedLogits(_peaked()), _MaxD()
+    x = [torch.randn(2, 3, 32, 32)]
+    torch.manual_seed(3)
+    with_g = p(x, phase="encoder")
+    score, fake = _scores_of_seen(p.discriminator)
+    assert fake.all() and len(score) == 2                       # D sees the generator's maps only
+    p.loss_g_factor = 0.0
+    torch.manual_seed(3)
+    rec = p(x, phase="encoder")
+    expected = 0.2 * ((score - 1) ** 2).mean()                   # 0.2 x MSE(D(y), 1)
+    assert abs(expected - 0.2 * (score ** 2).mean()).item() > 0.3   # target 0 would be far off
+    assert (with_g - rec).item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def _cheap_source():
+    """A 1-block ViT with the 8 x 8 patch grid of vit_tiny_patch4_32: attention at negligible cost."""
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", img_size=16, patch_size=2, embed_dim=12, depth=1,
+                             num_heads=3, num_classes=0).requires_grad_(False).eval()
+
+
+def _max_and_entropy(y):
+    y = y.double()
+    return y.amax(1).mean().item(), -(y * y.clamp_min(1e-300).log()).sum(1).mean().item()
+
+
+def test_gumbel_sample_is_soft_at_temperature_one():
+    """y is one soft Gumbel-softmax sample at tau = 1: its statistics match an independent Monte
+    Carlo of softmax(log p + G), G = -log(-log U), and not a hard (one-hot) or other-tau sample."""
+    p = _automae()                                  # the factory's masker, with its tau
+    p.masker.source = _cheap_source()
+    logits = torch.linspace(-2.0, 2.0, 64)
+    p.masker.generator = _FixedLogits(logits)
+    n = 16384
+    torch.manual_seed(0)
+    with torch.no_grad():
+        y = p.masker.sample(torch.zeros(n, 3, 16, 16)).y
+    assert y.shape == (n, 64)
+    torch.testing.assert_close(y.sum(1), torch.ones(n))
+    assert (y.amax(1) < 0.99).float().mean() > 0.9              # soft: hard=True gives one-hot rows
+    u = torch.rand(n, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    gumbel = -(-u.log()).log()
+    log_p = logits.double().log_softmax(0)
+
+    def reference(tau):
+        return _max_and_entropy(((log_p + gumbel) / tau).softmax(1))
+
+    got, want = _max_and_entropy(y), reference(1.0)
+    # bounds = 5 standard errors of the difference of two 16384-sample means (about 0.0024, 0.008)
+    tol = (0.012, 0.04)
+    for tau in (0.9, 1.1):                          # the test resolves a 10 % change of tau
+        assert all(abs(a - b) > 3 * t for a, b, t in zip(reference(tau), want, tol))
+    assert got[0] == pytest.approx(want[0], abs=tol[0]), f"mean max(y) {got[0]:.4f}, tau=1: {want[0]:.4f}"
+    assert got[1] == pytest.approx(want[1], abs=tol[1]), f"mean H(y) {got[1]:.4f}, tau=1: {want[1]:.4f}"
+
+
+def test_loop_step_encoder_phase_sees_the_discriminator_after_its_update():
+    """Phase order discriminator -> encoder, as the training loop runs `pretrainer.phases`: the
+    MAE + generator loss is taken against the discriminator already stepped on this batch, and
+    the discriminator's loss against the generator not yet stepped."""
+    p = _automae()
+    x = [torch.randn(2, 3, 32, 32)]
+    start = copy.deepcopy(p)
+    # a large D step: the spectrally normalised D scores these probability maps near 0 at init,
+    # so a small step would barely move the generator term
+    lr = {"discriminator": 5.0, "encoder": 0.5}
+    order, losses, rng = loop_step(p, x, sgd_per_phase(p, lr))
+    # the paper's order, by hand from the same start and the loop's random draws per phase
+    ref = copy.deepcopy(start)
+    d_loss = step_phase_by_hand(ref, x, "discriminator", lr["discriminator"], rng["discriminator"])
+    encoder_after = phase_loss(ref, x, "encoder", rng["encoder"])
+    step_phase_by_hand(ref, x, "encoder", lr["encoder"], rng["encoder"])
+    encoder_before = phase_loss(start, x, "encoder", rng["encoder"])   # an encoder-first loop's view
+    assert abs(encoder_after - encoder_before) > 0.01      # the D step shows in the generator term
+    assert set(order) == {"discriminator", "encoder"}
+    assert losses["encoder"] == pytest.approx(encoder_after, rel=1e-5), \
+        f"encoder phase saw the discriminator before its update ({encoder_before:.6f}), phases {order}"
+    assert losses["discriminator"] == pytest.approx(d_loss, rel=1e-6)
+    for (name, q), q_ref in zip(p.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(q, q_ref, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_encoder_phase_gradients_reach_the_generator_through_the_gate(monkeypatch):
