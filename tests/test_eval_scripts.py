@@ -110,3 +110,23 @@ def test_local_dir_source(tmp_path):
     m = knn.main([f"local-dir:{tmp_path / 'w'}", "--data", "scenes", "--image-size", "32",
                   "--limit-train", "60", "--limit-test", "20"])
     assert "image_size=32" in m["scenes/knn_protocol"]
+
+
+def test_balanced_subset_takes_each_class_share_by_seed():
+    labels = [0] * 300 + [1] * 100 + [2] * 600
+    chosen = finetune.balanced_subset(labels, 0.1, seed=0)
+    counts = [sum(labels[i] == c for i in chosen) for c in range(3)]
+    assert counts == [30, 10, 60] and len(set(chosen)) == 100
+    assert chosen == finetune.balanced_subset(labels, 0.1, seed=0)
+    assert chosen != finetune.balanced_subset(labels, 0.1, seed=1)
+    assert finetune.balanced_subset(labels, 0.001, seed=0).__len__() == 3     # at least one per class
+
+
+def test_finetune_low_label_with_baselines(run_dir, tmp_path):
+    m = finetune.main([str(run_dir), "--limit-train", "200", "--limit-test", "32", "--labels", "0.1",
+                       "--steps", "3", "--batch-size", "8", "--baselines", "--out", str(tmp_path)])
+    for key in ("scenes/finetune_top1_10pct", "scenes/untrained/finetune_top1_10pct",
+                "scenes/raw_pixels/logreg_top1_10pct"):
+        assert 0 <= m[key] <= 100, key
+    assert "3 steps" in m["scenes/finetune_protocol_10pct"] and "subset seed 0" in m["scenes/finetune_protocol_10pct"]
+    assert "train=2" in m["scenes/finetune_protocol_10pct"]       # ~10 % of 200 scenes, class-balanced

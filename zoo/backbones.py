@@ -39,6 +39,9 @@ from torch import Tensor, nn
 ARCHS: dict[str, tuple[str, dict]] = {
     "resnet18": ("resnet18", {}),
     "resnet50": ("resnet50", {}),
+    # CPU scale at 32 px: layer 4 dilated instead of strided keeps a 2 x 2 map (1 x 1 with the
+    # ImageNet stem); timm's own `output_stride` keyword, so vanilla timm builds it from config.json.
+    "resnet18_os16": ("resnet18", {"output_stride": 16}),
     "vit_tiny_patch16_224": ("vit_tiny_patch16_224", {}),
     "vit_small_patch16_224": ("vit_small_patch16_224", {}),
     "vit_base_patch16_224": ("vit_base_patch16_224", {}),

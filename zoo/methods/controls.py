@@ -72,7 +72,8 @@ OBJECTIVES = ("simclr", "byol", "simsiam")
 # Plain two-view controls
 # --------------------------------------------------------------------------------------------
 
-@register_method("simclr", archs=BASE_ARCHS, paper=SIMCLR, ours_archs=("vit_tiny_patch4_32",))
+@register_method("simclr", archs=BASE_ARCHS + ("resnet18_os16",), paper=SIMCLR,
+                 ours_archs=("vit_tiny_patch4_32", "resnet18_os16"))
 def simclr(arch: str, proj_hidden_dim: int = 2048, proj_output_dim: int = 256,
            temperature: float = 0.2) -> Pretrainer:
     """SimCLR: NT-Xent between the two views' projections (negatives gathered across processes)."""
