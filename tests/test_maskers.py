@@ -107,3 +107,20 @@ def test_bad_inputs():
         RandomMasker(16, 0.9)(_images(2, 32))                           # 4 cells, none kept
     with pytest.raises(ValueError, match="min_aspect"):
         BlockMasker(4, 0.3, min_aspect=2.0)
+
+
+def test_adios_unet_depth_from_num_blocks_as_the_simsiam_scripts_set_it():
+    import torch
+    import zoo
+    from zoo.methods.adios import ADIOSOccluder
+    default = ADIOSOccluder(96, num_masks=6, mask_fbase=16)
+    four = ADIOSOccluder(96, num_masks=6, mask_fbase=16, num_blocks=4)
+    assert (default.num_blocks, default.featuremap_size) == (5, 6)           # log2(96) - 1, 96 / 2^4
+    assert (four.num_blocks, four.featuremap_size, len(four.down), len(four.up)) == (4, 12, 4, 4)
+    assert four.mlp[1].in_features == 2 * 16 * 12 * 12                       # bottleneck over the 12 x 12 map
+    m = four(torch.randn(2, 3, 96, 96))
+    assert m.shape == (2, 6, 96, 96) and torch.allclose(m.sum(1), torch.ones(2, 96, 96), atol=1e-5)
+    with pytest.raises(ValueError, match="num_blocks"):
+        ADIOSOccluder(96, num_blocks=7)                                      # 96 is not divisible by 2^6
+    p = zoo.create_pretrainer("adios_resnet18", objective="simsiam", img_size=96, num_blocks=4, mask_fbase=8)
+    assert p.masker.num_blocks == 4

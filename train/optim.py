@@ -12,6 +12,9 @@
   remaining steps (`warmup_prefix=True`, pl_bolts' `LinearWarmupCosineAnnealingLR` shape).
   ADIOS's reference steps its scheduler once per epoch; per step is smoother and is what MAE and
   ExtreMA do (named in the recipes).
+- What a method declares: `Pretrainer.no_weight_decay()` names join the no-decay group (ExtreMA's
+  class-attention CLS token); `Pretrainer.static_lr()` names get groups that stay at the base lr
+  through warmup and cosine (SimSiam's predictor, solo-learn's `static_lr`).
 
 Example:
     >>> import torch
@@ -44,11 +47,18 @@ def phase_named_parameters(pretrainer: nn.Module, phase: str) -> list[tuple[str,
     return named
 
 
-def param_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
-    decay = [p for _, p in named if p.ndim >= 2]
-    no_decay = [p for _, p in named if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(named: list[tuple[str, nn.Parameter]], weight_decay: float,
+                 no_weight_decay: set[str] = frozenset(), static_lr: set[str] = frozenset()) -> list[dict]:
+    """Weights decay; biases, norms (ndim < 2) and the names in `no_weight_decay` do not. The
+    names in `static_lr` get groups of their own, marked `static_lr`, that the schedule leaves at
+    the base lr."""
+    groups = []
+    for static in (False, True):
+        mine = [(n, p) for n, p in named if (n in static_lr) == static]
+        decay = [p for n, p in mine if p.ndim >= 2 and n not in no_weight_decay]
+        no_decay = [p for n, p in mine if p.ndim < 2 or n in no_weight_decay]
+        groups += [{"params": decay, "weight_decay": weight_decay, "static_lr": static},
+                   {"params": no_decay, "weight_decay": 0.0, "static_lr": static}]
     return [g for g in groups if g["params"]]
 
 
@@ -57,11 +67,13 @@ def effective_lr(recipe, lr: float) -> float:
     return lr * recipe.batch_size / 256 if recipe.lr_scaling == "linear" else lr
 
 
-def build_optimizer(recipe, phase: str, named: list[tuple[str, nn.Parameter]]) -> torch.optim.Optimizer:
-    """The optimizer of one phase, from the recipe's (per-phase) settings."""
+def build_optimizer(recipe, phase: str, named: list[tuple[str, nn.Parameter]],
+                    no_weight_decay: set[str] = frozenset(), static_lr: set[str] = frozenset()) -> torch.optim.Optimizer:
+    """The optimizer of one phase, from the recipe's (per-phase) settings; `no_weight_decay` and
+    `static_lr`: parameter names the pretrainer declares (`Pretrainer.no_weight_decay()`, `.static_lr()`)."""
     kind, lr, wd = recipe.phase_optimizer(phase)
     lr = effective_lr(recipe, lr)
-    groups = param_groups(named, wd)
+    groups = param_groups(named, wd, no_weight_decay, static_lr)
     if kind == "lars":
         return Lars(groups, lr=lr, momentum=recipe.momentum, trust_coeff=recipe.lars_eta,
                     trust_clip=recipe.lars_clip, always_adapt=False)
@@ -72,10 +84,24 @@ def build_optimizer(recipe, phase: str, named: list[tuple[str, nn.Parameter]]) -
     raise ValueError(f"unknown optimizer {kind!r} for phase {phase!r}; use lars, sgd or adamw")
 
 
+class StaticGroups:
+    """A timm scheduler that leaves the `static_lr` parameter groups at their base lr."""
+
+    def __init__(self, scheduler: CosineLRScheduler):
+        self.scheduler = scheduler
+        self.base = [g["initial_lr"] for g in scheduler.optimizer.param_groups]   # set by timm: the base lr
+
+    def step_update(self, step: int) -> None:
+        self.scheduler.step_update(step)
+        for group, lr in zip(self.scheduler.optimizer.param_groups, self.base):
+            if group.get("static_lr"):
+                group["lr"] = lr
+
+
 def build_schedule(recipe, phase: str, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
-                   total_steps: int) -> CosineLRScheduler:
+                   total_steps: int) -> StaticGroups:
     """Per-step linear warmup + cosine; call `.step_update(step)` before each optimizer step."""
     warmup = min(round(recipe.warmup_epochs * steps_per_epoch), total_steps)
-    return CosineLRScheduler(optimizer, t_initial=max(1, total_steps - warmup), lr_min=recipe.min_lr,
-                             warmup_t=warmup, warmup_lr_init=recipe.warmup_start_lr,
-                             warmup_prefix=True, t_in_epochs=False)
+    return StaticGroups(CosineLRScheduler(optimizer, t_initial=max(1, total_steps - warmup), lr_min=recipe.min_lr,
+                                          warmup_t=warmup, warmup_lr_init=recipe.warmup_start_lr,
+                                          warmup_prefix=True, t_in_epochs=False))

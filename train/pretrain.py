@@ -154,7 +154,9 @@ def main(argv=None) -> torch.nn.Module:
     if recipe.sync_bn and world > 1:
         pretrainer = torch.nn.SyncBatchNorm.convert_sync_batchnorm(pretrainer)
     phases = tuple(pretrainer.phases)
-    optimizers = {ph: build_optimizer(recipe, ph, phase_named_parameters(pretrainer, ph)) for ph in phases}
+    no_decay, static = pretrainer.no_weight_decay(), pretrainer.static_lr()
+    optimizers = {ph: build_optimizer(recipe, ph, phase_named_parameters(pretrainer, ph), no_decay, static)
+                  for ph in phases}
     schedules = {ph: build_schedule(recipe, ph, opt, steps_per_epoch, total_steps)
                  for ph, opt in optimizers.items()}
     model, *prepared = accelerator.prepare(pretrainer, *optimizers.values())

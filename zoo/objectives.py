@@ -341,6 +341,11 @@ class SimSiam(nn.Module):
         self.predictor = mlp([proj_output_dim, pred_hidden_dim, proj_output_dim], nn.BatchNorm1d,
                              hidden_bias=False)
 
+    def static_lr(self) -> set[str]:
+        """SimSiam's predictor trains at the fixed base lr, off the cosine schedule (the paper's
+        section 4.1; solo-learn's and ADIOS's `static_lr`, also during warmup)."""
+        return {name for name, _ in self.predictor.named_parameters(prefix="predictor")}
+
     def forward(self, backbone: nn.Module, views: Sequence[Tensor],
                 masks: Sequence[Tensor | None] | None = None) -> Tensor:
         masks = _check_views(views, masks, "SimSiam")

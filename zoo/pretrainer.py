@@ -91,6 +91,17 @@ class Pretrainer(nn.Module):
         if update is not None:
             update(self.backbone, progress)
 
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters that take no weight decay beyond biases and norms (timm's convention,
+        read by train/optim.py): what the objective declares, e.g. ExtreMA's class-attention CLS."""
+        declared = getattr(self.objective, "no_weight_decay", None)
+        return {f"objective.{name}" for name in declared()} if declared else set()
+
+    def static_lr(self) -> set[str]:
+        """Names of parameters that keep the phase's base lr, off the schedule (SimSiam's predictor)."""
+        declared = getattr(self.objective, "static_lr", None)
+        return {f"objective.{name}" for name in declared()} if declared else set()
+
     def exported_backbone(self) -> nn.Module:
         """The network that is released as the plain timm backbone (online encoder by default)."""
         return self.backbone

@@ -45,6 +45,14 @@ Deviations from the reference, and why:
   zoo/evaluation.py) replaces it. It never influenced the encoder, since its input is detached.
 - Optimizers and schedules (SGD + LARS, warmup-cosine, `mask_lr`) belong to the recipe, not to
   this module.
+- BYOL-ADIOS: the reference's `train_mask_epoch` runs the encoder's cosine over
+  max_epochs - train_mask_epoch; here every phase's schedule spans the whole run (train/optim.py).
+  Not reproduced (its default is 10 epochs: 390 of 400 at STL10): a per-phase schedule length
+  would be a recipe knob no other method needs; the BYOL paper recipes name it.
+- U-Net depth: `num_blocks` defaults to the reference's log2(img_size) - 1; its SimSiam scripts
+  pass their own (4 at 96 px), which the recipes set through `model_args.num_blocks`.
+- SimSiam base: its predictor trains at the fixed base lr (`static_lr`), declared by the objective
+  (`SimSiam.static_lr`) and honoured by train/optim.py, as in the reference.
 - The U-Net's channel plan is the reference's for 4, 5 and 6 blocks (32, 64/96, 224 px); other
   image sizes use the same rule extended (encoder outputs c repeated num_blocks - 3 times then
   2c three times; decoder outputs 2c, 2c then c), which the reference does not define (ours).
@@ -108,17 +116,20 @@ class ADIOSOccluder(nn.Module):
 
     def __init__(self, img_size: int, num_masks: int = 6, mask_fbase: int = 32,
                  alpha_sparsity: float = 1.0, alpha_entropy: float = 0.0, unet_norm: str = "gn",
-                 in_chans: int = 3):
+                 in_chans: int = 3, num_blocks: int | None = None):
         super().__init__()
         if unet_norm not in UNET_NORMS:
             raise ValueError(f"unet_norm must be one of {UNET_NORMS}, got {unet_norm!r}")
         if num_masks < 2:
             raise ValueError(f"num_masks must be >= 2 (a softmax over one mask hides everything), "
                              f"got {num_masks}")
-        self.num_blocks = int(math.log2(img_size) - 1)      # 32 px: 4, 64/96 px: 5, 224 px: 6
+        # the reference's default depth: 32 px: 4, 64/96 px: 5, 224 px: 6; its SimSiam scripts
+        # set num_blocks themselves (4 at 96 px: a 12 x 12 bottleneck)
+        self.num_blocks = int(math.log2(img_size) - 1) if num_blocks is None else int(num_blocks)
         if self.num_blocks < 3 or img_size % 2 ** (self.num_blocks - 1):
-            raise ValueError(f"ADIOSOccluder needs img_size divisible by 2**(log2(img_size)-2) and "
-                             f">= 16 (e.g. 32, 64, 96, 224), got {img_size}")
+            raise ValueError(f"ADIOSOccluder needs num_blocks >= 3 and img_size divisible by "
+                             f"2**(num_blocks - 1) (default num_blocks = log2(img_size) - 1), got "
+                             f"img_size {img_size}, num_blocks {self.num_blocks}")
         self.img_size, self.num_masks = img_size, num_masks
         self.alpha_sparsity, self.alpha_entropy = alpha_sparsity, alpha_entropy
         c = mask_fbase
@@ -229,7 +240,7 @@ DEFAULT_CNN_IMG_SIZE = 96
 
 def _build(arch: str, objective: str, single: bool, num_masks: int, mask_fbase: int,
            alpha_sparsity: float, alpha_entropy: float, unet_norm: str, img_size: int | None,
-           **objective_knobs) -> ADIOSPretrainer:
+           num_blocks: int | None = None, **objective_knobs) -> ADIOSPretrainer:
     backbone = create_backbone(arch)
     if is_vit(backbone):
         own = backbone.patch_embed.img_size[0]
@@ -238,7 +249,7 @@ def _build(arch: str, objective: str, single: bool, num_masks: int, mask_fbase: 
                              "occluder and the ViT must see the same size")
         img_size = own
     occluder = ADIOSOccluder(img_size or DEFAULT_CNN_IMG_SIZE, num_masks, mask_fbase,
-                             alpha_sparsity, alpha_entropy, unet_norm)
+                             alpha_sparsity, alpha_entropy, unet_norm, num_blocks=num_blocks)
     base = create_objective(objective, backbone, **objective_knobs)
     return ADIOSPretrainer(backbone, base, occluder, single=single,
                            mask_both_views=objective == "simsiam")
@@ -247,7 +258,8 @@ def _build(arch: str, objective: str, single: bool, num_masks: int, mask_fbase: 
 @register_method("adios", archs=ARCHS, objectives=OBJECTIVES, paper=PAPER, ours_archs=OURS)
 def adios(arch: str, objective: str = "simclr", num_masks: int = 6, mask_fbase: int = 32,
           alpha_sparsity: float = 1.0, alpha_entropy: float = 0.0, unet_norm: str = "gn",
-          img_size: int | None = None, proj_hidden_dim: int | None = None,
+          img_size: int | None = None, num_blocks: int | None = None,
+          proj_hidden_dim: int | None = None,
           proj_output_dim: int | None = None, pred_hidden_dim: int | None = None,
           temperature: float | None = None, base_tau: float | None = None,
           simsiam_terms: Sequence[str] | None = None) -> ADIOSPretrainer:
@@ -255,7 +267,8 @@ def adios(arch: str, objective: str = "simclr", num_masks: int = 6, mask_fbase: 
 
     num_masks (N), mask_fbase (c), alpha_sparsity, alpha_entropy, unet_norm ("gn", "in", "no"):
     the reference's flags (defaults: its argparse defaults). img_size: the occluder's input size
-    (a ViT's own size; 96 px for ResNets, the paper's). The rest go to the base objective
+    (a ViT's own size; 96 px for ResNets, the paper's). num_blocks: the U-Net depth (None: the
+    reference's default log2(img_size) - 1; its SimSiam scripts set 4 or 5). The rest go to the base objective
     (`zoo.objectives.create_objective`; None keeps its default, e.g. SimCLR T = 0.2).
 
     Example:
@@ -266,7 +279,7 @@ def adios(arch: str, objective: str = "simclr", num_masks: int = 6, mask_fbase: 
         (('encoder', 'masker'), 6)
     """
     return _build(arch, objective, False, num_masks, mask_fbase, alpha_sparsity, alpha_entropy,
-                  unet_norm, img_size, proj_hidden_dim=proj_hidden_dim,
+                  unet_norm, img_size, num_blocks, proj_hidden_dim=proj_hidden_dim,
                   proj_output_dim=proj_output_dim, pred_hidden_dim=pred_hidden_dim,
                   temperature=temperature, base_tau=base_tau, simsiam_terms=simsiam_terms)
 
@@ -276,7 +289,8 @@ def adios(arch: str, objective: str = "simclr", num_masks: int = 6, mask_fbase: 
                  ours_archs=tuple(a for a in ARCHS if a != "resnet18"))
 def adios_s(arch: str, objective: str = "simclr", num_masks: int = 6, mask_fbase: int = 32,
             alpha_sparsity: float = 1.0, alpha_entropy: float = 0.0, unet_norm: str = "gn",
-            img_size: int | None = None, proj_hidden_dim: int | None = None,
+            img_size: int | None = None, num_blocks: int | None = None,
+            proj_hidden_dim: int | None = None,
             proj_output_dim: int | None = None, pred_hidden_dim: int | None = None,
             temperature: float | None = None, base_tau: float | None = None,
             simsiam_terms: Sequence[str] | None = None) -> ADIOSPretrainer:
@@ -291,6 +305,6 @@ def adios_s(arch: str, objective: str = "simclr", num_masks: int = 6, mask_fbase
         torch.Size([])
     """
     return _build(arch, objective, True, num_masks, mask_fbase, alpha_sparsity, alpha_entropy,
-                  unet_norm, img_size, proj_hidden_dim=proj_hidden_dim,
+                  unet_norm, img_size, num_blocks, proj_hidden_dim=proj_hidden_dim,
                   proj_output_dim=proj_output_dim, pred_hidden_dim=pred_hidden_dim,
                   temperature=temperature, base_tau=base_tau, simsiam_terms=simsiam_terms)

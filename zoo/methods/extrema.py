@@ -162,6 +162,11 @@ class ExtreMAObjective(nn.Module):
         ema_(self.teacher_pool, self.pool, self.tau)
         ema_(self.teacher_projector, self.projector, self.tau)
 
+    def no_weight_decay(self) -> set[str]:
+        """The reference excludes the class-attention CLS token from weight decay (and the
+        position embedding, a fixed sin-cos table here that never trains)."""
+        return {"pool.cls_token"}
+
 
 class ExtreMAPretrainer(Pretrainer):
     """Student ViT + ExtreMAObjective + MultiMasker; exports the momentum encoder."""
