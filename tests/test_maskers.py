@@ -118,9 +118,17 @@ def test_adios_unet_depth_from_num_blocks_as_the_simsiam_scripts_set_it():
     assert (default.num_blocks, default.featuremap_size) == (5, 6)           # log2(96) - 1, 96 / 2^4
     assert (four.num_blocks, four.featuremap_size, len(four.down), len(four.up)) == (4, 12, 4, 4)
     assert four.mlp[1].in_features == 2 * 16 * 12 * 12                       # bottleneck over the 12 x 12 map
+    assert four.mlp[5].out_features == 2 * 16 * 12 * 12
+    # channels of the reference's 4-block table (src/utils/unet.py), c = 16, now at 96 px
+    c = 16
+    convs = lambda blocks: [(b[0].in_channels, b[0].out_channels) for b in blocks]   # noqa: E731
+    assert convs(four.down) == list(zip([3, c, 2 * c, 2 * c], [c, 2 * c, 2 * c, 2 * c]))
+    assert convs(four.up) == list(zip([4 * c, 4 * c, 4 * c, 2 * c], [2 * c, 2 * c, c, c]))
     m = four(torch.randn(2, 3, 96, 96))
     assert m.shape == (2, 6, 96, 96) and torch.allclose(m.sum(1), torch.ones(2, 96, 96), atol=1e-5)
     with pytest.raises(ValueError, match="num_blocks"):
         ADIOSOccluder(96, num_blocks=7)                                      # 96 is not divisible by 2^6
     p = zoo.create_pretrainer("adios_resnet18", objective="simsiam", img_size=96, num_blocks=4, mask_fbase=8)
     assert p.masker.num_blocks == 4
+    p = zoo.create_pretrainer("adios_s_resnet18", objective="simsiam", img_size=96, num_blocks=4, mask_fbase=8)
+    assert p.masker.num_blocks == 4 and p.masker.featuremap_size == 12

@@ -41,23 +41,47 @@ def test_mae_keeps_its_reference_weight_decay_on_the_cls_token():
 
 
 def test_simsiam_predictor_stays_at_the_base_lr_through_warmup_and_cosine():
-    for name in ("simsiam_resnet18", "adios_resnet18"):
-        kw = {"objective": "simsiam"} if name.startswith("adios") else {}
+    # solo-learn's SimSiam and every SimSiam-ADIOS(-s) mark the predictor `static_lr`
+    for name, objective in (("simsiam_resnet18", None), ("adios_resnet18", "simsiam"),
+                            ("adios_s_resnet18", "simsiam")):
+        kw = {"objective": objective} if objective else {}
         p = zoo.create_pretrainer(name, **kw)
         r = Recipe(model=name, lr=0.05, warmup_epochs=1, warmup_start_lr=0.003, **kw)
         opt = build_optimizer(r, "encoder", phase_named_parameters(p, "encoder"), p.no_weight_decay(), p.static_lr())
         sched = build_schedule(r, "encoder", opt, steps_per_epoch=10, total_steps=100)
-        pred = next(p.objective.predictor.parameters())
+        assert not opt.param_groups[0]["static_lr"]          # pretrain.py logs group 0 as the phase's lr
+        pred = list(p.objective.predictor.parameters())
+        assert all(g["lr"] == 0.05 for g in _groups_of(opt, pred))   # already before the first step
         proj = next(p.objective.projector.parameters())
-        for step, expect_other in ((0, 0.003), (50, None), (99, None)):
+        for step, expect_other in ((0, 0.003), (5, None), (50, None), (99, None)):
             sched.step_update(step)
-            g_pred, g_proj = _groups_of(opt, [pred, proj])
-            assert g_pred["lr"] == 0.05, (name, step)
+            assert all(g["lr"] == 0.05 for g in _groups_of(opt, pred)), (name, step)
+            g_proj = _groups_of(opt, [proj])[0]
             if expect_other is not None:
                 assert abs(g_proj["lr"] - expect_other) < 1e-12
             else:
                 assert g_proj["lr"] < 0.05
         assert _groups_of(opt, [p.backbone.conv1.weight])[0]["lr"] < 0.01   # the encoder follows the cosine
+        if name.startswith("adios"):                         # the occluder's optimizer has no static group
+            masker = build_optimizer(r, "masker", phase_named_parameters(p, "masker"), p.no_weight_decay(),
+                                     p.static_lr())
+            assert not any(g["static_lr"] for g in masker.param_groups)
+
+
+def test_vit_tokens_decay_everywhere_but_extrema():
+    """Only ExtreMA's reference exempts ViT tokens: MAE and AutoMAE (`add_weight_decay` without a
+    skip list) and solo-learn / ADIOS (LARS exempts ndim-1 tensors only) decay every trainable one
+    (cls_token; pos_embed where it trains)."""
+    import warnings
+    for name in ("mae_vit_tiny_patch4_32", "automae_vit_tiny_patch4_32", "adios_vit_tiny_patch4_32",
+                 "simclr_vit_tiny_patch4_32", "randmask_vit_tiny_patch4_32"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")               # automae: random attention source
+            p, _, opt = _optimizer(name, optimizer="adamw", weight_decay=0.05)
+        assert p.no_weight_decay() == set(), name
+        tokens = [t for t in (p.backbone.cls_token, p.backbone.pos_embed) if t is not None and t.requires_grad]
+        assert tokens, name
+        assert all(g["weight_decay"] == 0.05 for g in _groups_of(opt, tokens)), name
 
 
 def test_simclr_has_no_static_groups():

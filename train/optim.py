@@ -13,8 +13,17 @@
   ADIOS's reference steps its scheduler once per epoch; per step is smoother and is what MAE and
   ExtreMA do (named in the recipes).
 - What a method declares: `Pretrainer.no_weight_decay()` names join the no-decay group (ExtreMA's
-  class-attention CLS token); `Pretrainer.static_lr()` names get groups that stay at the base lr
-  through warmup and cosine (SimSiam's predictor, solo-learn's `static_lr`).
+  class-attention CLS token; only ExtreMA's reference exempts ViT tokens, so timm's own
+  `VisionTransformer.no_weight_decay()` is deliberately not read); `Pretrainer.static_lr()` names
+  get groups of their own, marked `static_lr`, that stay at the phase's base lr through warmup and
+  cosine (SimSiam's predictor, solo-learn's / ADIOS's `static_lr` groups). The reference replaces
+  those groups' lr in every `get_lr()` call, warmup included (YugeTen/adios `src/methods/base.py`
+  l51-57 and l359-366, `base_adios.py` l14-20 and l136-147; `simsiam.py` l104, `simsiam_adios.py`
+  l147), but installs the replacement after the pl_bolts scheduler's constructor has already set
+  every group to `warmup_start_lr`; so its predictor runs the first epoch at `warmup_start_lr`
+  (0.003) and every later epoch at the base lr. We hold the base lr from the first step: that
+  first epoch is an artefact of the patching order, and SimSiam's own `--fix-pred-lr`
+  (facebookresearch/simsiam) fixes the predictor's lr from the start.
 
 Example:
     >>> import torch
@@ -90,9 +99,13 @@ class StaticGroups:
     def __init__(self, scheduler: CosineLRScheduler):
         self.scheduler = scheduler
         self.base = [g["initial_lr"] for g in scheduler.optimizer.param_groups]   # set by timm: the base lr
+        self._hold()                  # timm's constructor set every group to warmup_lr_init
 
     def step_update(self, step: int) -> None:
-        self.scheduler.step_update(step)
+        self.scheduler.step_update(step)          # timm writes `lr` into every group
+        self._hold()
+
+    def _hold(self) -> None:
         for group, lr in zip(self.scheduler.optimizer.param_groups, self.base):
             if group.get("static_lr"):
                 group["lr"] = lr

@@ -342,8 +342,9 @@ class SimSiam(nn.Module):
                              hidden_bias=False)
 
     def static_lr(self) -> set[str]:
-        """SimSiam's predictor trains at the fixed base lr, off the cosine schedule (the paper's
-        section 4.1; solo-learn's and ADIOS's `static_lr`, also during warmup)."""
+        """Names (relative to this module) of the parameters that train at the fixed base lr, off
+        the warmup-cosine schedule: the predictor (SimSiam's `--fix-pred-lr`, facebookresearch/simsiam;
+        solo-learn's and ADIOS's `static_lr` groups). train/optim.py gives them their own groups."""
         return {name for name, _ in self.predictor.named_parameters(prefix="predictor")}
 
     def forward(self, backbone: nn.Module, views: Sequence[Tensor],

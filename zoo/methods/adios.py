@@ -45,14 +45,25 @@ Deviations from the reference, and why:
   zoo/evaluation.py) replaces it. It never influenced the encoder, since its input is detached.
 - Optimizers and schedules (SGD + LARS, warmup-cosine, `mask_lr`) belong to the recipe, not to
   this module.
-- BYOL-ADIOS: the reference's `train_mask_epoch` runs the encoder's cosine over
-  max_epochs - train_mask_epoch; here every phase's schedule spans the whole run (train/optim.py).
-  Not reproduced (its default is 10 epochs: 390 of 400 at STL10): a per-phase schedule length
-  would be a recipe knob no other method needs; the BYOL paper recipes name it.
-- U-Net depth: `num_blocks` defaults to the reference's log2(img_size) - 1; its SimSiam scripts
-  pass their own (4 at 96 px), which the recipes set through `model_args.num_blocks`.
-- SimSiam base: its predictor trains at the fixed base lr (`static_lr`), declared by the objective
-  (`SimSiam.static_lr`) and honoured by train/optim.py, as in the reference.
+- BYOL-ADIOS(-s): the reference's `train_mask_epoch` (YugeTen/adios `src/methods/base_adios.py`:
+  default 10 for the momentum bases, l250, and 0 for SimCLR / SimSiam, l50; no script sets it)
+  does one thing: the encoder optimizer's warmup-cosine runs over max_epochs - train_mask_epoch
+  (l317; the occluder's over max_epochs, l324). pl_bolts' chainable cosine then continues past its
+  end, so the encoder's lr reaches min_lr at epoch 390 of 400 and climbs back to only 0.14 % of
+  its base lr by the last epoch. Not reproduced: every phase's schedule spans the whole run
+  (train/optim.py), because a per-phase schedule length is a knob that the training loop would
+  have to pass to `build_schedule` for this one method. The difference at 400 epochs (warmup 10):
+  at most 2.4 % of the base lr mid-run (ours 0.520 x base at epoch 200 where the reference is at
+  0.500), and over the last 10 epochs ours anneals from 0.16 % of the base lr to 0 where the
+  reference stays below 0.14 %. The BYOL paper recipes name it.
+- U-Net depth: `num_blocks` defaults to the reference's log2(img_size) - 1 (what its SimCLR and
+  BYOL methods pass); its SimSiam methods take `--num_blocks` (argparse default 4) and the scripts
+  set 4, or 5 in stl10/resnet18/simsiam_adios, which the recipes set through
+  `model_args.num_blocks`. Same channel tables and bottleneck rule, f = img_size / 2^(blocks - 1):
+  4 blocks at 96 px give a 12 x 12 bottleneck (6 x 6 at the default 5).
+- SimSiam base: its predictor trains at the fixed base lr (`static_lr`, `simsiam_adios.py` l147),
+  declared by the objective (`SimSiam.static_lr`) and honoured by train/optim.py (which names the
+  reference's first epoch at warmup_start_lr, an artefact of how it patches the scheduler).
 - The U-Net's channel plan is the reference's for 4, 5 and 6 blocks (32, 64/96, 224 px); other
   image sizes use the same rule extended (encoder outputs c repeated num_blocks - 3 times then
   2c three times; decoder outputs 2c, 2c then c), which the reference does not define (ours).

@@ -32,8 +32,10 @@ Example:
 
 Deviations and scale choices:
 - Attention source of the paper recipe: timm's `vit_base_patch16_224.mae` (MAE's public ViT-B/16,
-  1600 pretraining epochs); the official run loads its own 800-epoch MAE checkpoint
-  (`mae-base-checkpoint-799.pth`, not released). Same architecture and loss, a longer source.
+  1600 pretraining epochs, norm-pix loss); the official run loads its own 800-epoch MAE checkpoint
+  (hyperea/automae `main_pretrain.py` l112 `--pretrained_weight ./mae-base-checkpoint-799.pth`,
+  loaded at l173; README: "AutoMAE(MAE-800)"), which is not released. Same architecture and
+  loss; the source was pretrained twice as long.
 - Small patch grids (ours; the reference is ViT-B/16 at 224 px, a 14 x 14 grid). The
   discriminator keeps its two Conv(k4, s2, p1) layers and sizes the last conv's kernel to the
   map left after them, so it still ends in one score per map: k3 at 14 x 14 (the reference),

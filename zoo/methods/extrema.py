@@ -163,8 +163,10 @@ class ExtreMAObjective(nn.Module):
         ema_(self.teacher_projector, self.projector, self.tau)
 
     def no_weight_decay(self) -> set[str]:
-        """The reference excludes the class-attention CLS token from weight decay (and the
-        position embedding, a fixed sin-cos table here that never trains)."""
+        """Names (relative to this module) that take no weight decay: the class-attention CLS token.
+        The reference exempts `cls_token` and `pos_embed` (microsoft/ExtreMA `vits.py` l284-285,
+        through `lib/builder.py` l112-113 into `add_weight_decay` at `main.py` l225); the position
+        embedding is a fixed sin-cos table in both, never trained, so never decayed."""
         return {"pool.cls_token"}
 
 
