@@ -161,3 +161,19 @@ def test_card_command_reproduces_the_card(key, tmp_path):
     for k, v in card["metrics"].items():
         if k in got and isinstance(v, float):
             assert got[k] == pytest.approx(v, abs=1e-6), k
+
+
+def test_a_card_below_raw_pixels_says_so_in_its_first_line():
+    import json
+    from zoo.publish import below_raw_pixels
+    root = Path(__file__).resolve().parents[1]
+    table = json.loads((root / "zoo" / "released.json").read_text())
+    assert below_raw_pixels({"d/knn_top1_k20": 80.0, "d/raw_pixels/knn_top1_k20": 85.5,
+                             "d/linear_top1": 83.0, "d/raw_pixels/linear_top1": 82.3}, "d") == \
+        ["kNN k=20 80.0 <= raw pixels 85.5"]
+    for key, entry in table.items():
+        misses = below_raw_pixels(entry["metrics"], entry["recipe"]["data"])
+        body = [line for line in (root / "weights" / key / "README.md").read_text().split("---", 2)[2].splitlines() if line]
+        assert body[0] == f"# {key}"
+        assert body[1].startswith("**Does not beat the trivial baseline") == bool(misses), key
+        assert all(m in body[1] for m in misses), key

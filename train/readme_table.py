@@ -20,6 +20,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))                     # run from a clone without installing
+from zoo.publish import below_raw_pixels  # noqa: E402
 from zoo.registry import METHODS  # noqa: E402
 
 README = REPO / "README.md"
@@ -82,7 +83,9 @@ def weights_table(all_cards: dict, weights_dir: Path) -> list[str]:
         pre_facts = card["metrics"].get("pretrain") or {}
         cost = (f"{minutes(card):.1f} min, {pre_facts.get('images', 0) // 1000}k img" if minutes(card) else "-")
         size = sum(f.stat().st_size for f in (weights_dir / key).glob("*.safetensors")) / 2 ** 20
-        lines.append(f"| [`{key}`](weights/{key}/README.md) | {method} | {data_of(card)} | "
+        misses = below_raw_pixels(card["metrics"], data_of(card))
+        below = "<br>**below raw pixels:** " + "; ".join(misses) if misses else ""
+        lines.append(f"| [`{key}`](weights/{key}/README.md){below} | {method} | {data_of(card)} | "
                      + " | ".join(vals) + f" | {base[0]} | {base[1]} | {mask} | {cost} | {size:.0f} MB |")
     return lines
 

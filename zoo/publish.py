@@ -175,6 +175,23 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
 
 
+def below_raw_pixels(metrics: dict, data: str) -> list[str]:
+    """The headline metrics (kNN k=20, linear probe) at or below raw pixels on the weight's own
+    test set, e.g. ["kNN k=20 76.5 <= raw pixels 85.5"]; the card's first line and the README row
+    say so."""
+    misses = []
+    for leaf, label in (("knn_top1_k20", "kNN k=20"), ("linear_top1", "linear probe")):
+        value, raw = metrics.get(f"{data}/{leaf}"), metrics.get(f"{data}/raw_pixels/{leaf}")
+        if isinstance(value, (int, float)) and isinstance(raw, (int, float)) and value <= raw:
+            misses.append(f"{label} {value:.1f} <= raw pixels {raw:.1f}")
+    return misses
+
+
+def below_line(misses: list[str]) -> str:
+    return ("**Does not beat the trivial baseline on its own test set:** " + "; ".join(misses)
+            + " (a CPU-scale run; the Results below have every number).")
+
+
 def model_card(*, name: str, tag: str, entry, cfg: dict, num_features: int, hf_hub_id: str, exported: str,
                recipe: dict, metrics: dict, commands: dict, commit: str | None, files: dict,
                has_masker: bool, facts: dict, paper: tuple[str, str] | None, license: str,
@@ -210,6 +227,9 @@ def model_card(*, name: str, tag: str, entry, cfg: dict, num_features: int, hf_h
         return next((cmd for word, cmd in commands.items() if word in key), None)
 
     lines = [f"# {name}.{tag}", ""]
+    misses = below_raw_pixels(metrics, data)
+    if misses:
+        lines += [below_line(misses), ""]
     ours = " (a pairing no paper ran: ours)" if entry.ours else ""
     lines += [f"A self-supervised `{entry.timm_arch}` backbone ({entry.arch}) pretrained with **{entry.method}**"
               f"{' on a ' + str(recipe['objective']) + ' base' if recipe.get('objective') else ''}{ours} on "
