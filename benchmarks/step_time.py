@@ -32,20 +32,13 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from benchmarks.common import machine, set_threads  # noqa: E402
+from benchmarks.common import machine, median, set_threads, timeit  # noqa: E402
 
 RECIPE = "recipes/simclr_resnet18.fmnist.yaml"
 
 
-def _median_time(fn, repeats: int = 5, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _median_time(fn) -> float:
+    return median(timeit(fn, warmup=1, repeats=5))
 
 
 def data_parts(batch: int) -> dict:

@@ -54,3 +54,9 @@ def phase_loss(pretrainer, views, phase: str, rng: torch.Tensor | None = None) -
         torch.set_rng_state(rng)
     with torch.no_grad():
         return probe(views, phase=phase).item()
+
+
+def assert_same_parameters(pretrainer, reference) -> None:
+    """The loop's step landed where the by-hand sequence did (every parameter, by name)."""
+    for (name, q), q_ref in zip(pretrainer.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(q, q_ref, rtol=1e-5, atol=1e-6, msg=name)
