@@ -189,6 +189,8 @@ def main(argv=None) -> None:
             pretrain(config, epochs, args.threads_file)
             row = evaluate(config, epochs)
             row["threads"] = int(n)
+            from benchmarks.common import cpu_model
+            row["cpu"] = cpu_model()              # hosts change between sessions: wall-clocks differ by ~1.7x
             results = load_results()
             results["runs"].append(row)
             save_results(results)
