@@ -286,6 +286,8 @@ class BYOL(nn.Module):
     and projector, EMA tau cosine 0.99 -> 1 (`update`). loss = byol(p1, zt2) + byol(p2, zt1).
     """
 
+    exported = "the online encoder (projector, predictor and momentum teacher are not released)"
+
     def __init__(self, backbone: nn.Module, proj_hidden_dim: int = 4096, proj_output_dim: int = 256,
                  pred_hidden_dim: int = 4096, base_tau: float = 0.99):
         super().__init__()

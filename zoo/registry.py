@@ -27,8 +27,24 @@ class MethodEntry:
     model_args: dict                # timm model_args of the exported backbone
     objectives: tuple[str, ...]     # base objectives this method accepts; () if none
     factory: Callable = field(repr=False)
-    paper: str = ""
+    paper: str = ""                 # short citation, e.g. "ADIOS: Shi, ..., ICML 2022 (arXiv 2201.13100)"
     ours: bool = False              # a pairing no paper ran
+    paper_title: str = ""           # the card's and the cfg's paper: full title (authors, venue)
+    paper_id: str = ""              # "arXiv:2201.13100"
+    phases: tuple[str, ...] = ("encoder",)   # the pretrainer's phases, in step order
+    exports: str = ""               # which network is released, one line for the card ("" : by objective)
+
+    def describe_export(self, objective: str | None = None) -> str:
+        """Which network of the pretrainer is released (DESIGN.md, "Weights"), for the card.
+
+        The method's own line where it declares one (MAE, ExtreMA, BYOL), else the base objective's
+        (`exported` of its class: BYOL's online encoder), else the encoder without its heads.
+        """
+        if self.exports:
+            return self.exports
+        from zoo.objectives import OBJECTIVES
+        cls = OBJECTIVES.get(objective or self.default_objective or "")
+        return getattr(cls, "exported", None) or "the encoder (projection and prediction heads are not released)"
 
     @property
     def default_objective(self) -> str | None:
@@ -40,12 +56,19 @@ METHODS: dict[str, MethodEntry] = {}
 
 def register_method(method: str, archs: tuple[str, ...], objectives: tuple[str, ...] = (),
                     paper: str = "", ours_archs: tuple[str, ...] = (),
-                    export_args: dict | None = None) -> Callable:
+                    export_args: dict | None = None, paper_title: str = "", paper_id: str = "",
+                    pretrainer: type | None = None, exports: str = "") -> Callable:
     """Register `factory(arch, [objective], **kwargs) -> Pretrainer` as `{method}_{arch}` per arch.
 
     export_args: timm model_args that the exported backbone adds to the arch's own (ExtreMA:
     no class token, mean pooling).
+    paper_title, paper_id: the paper, as the card and the cfg name it.
+    pretrainer: the Pretrainer class the factory builds (its `phases` are the method's phases).
+    exports: one line, which network is released (default: the base objective's line).
     """
+    from zoo.pretrainer import Pretrainer
+    phases = tuple((pretrainer or Pretrainer).phases)
+
     def wrap(factory: Callable) -> Callable:
         for arch in archs:
             name = f"{method}_{arch}"
@@ -54,7 +77,8 @@ def register_method(method: str, archs: tuple[str, ...], objectives: tuple[str, 
             timm_arch, model_args = arch_config(arch)
             model_args.update(export_args or {})
             METHODS[name] = MethodEntry(name, method, arch, timm_arch, model_args, tuple(objectives),
-                                        factory, paper, arch in ours_archs)
+                                        factory, paper, arch in ours_archs, paper_title, paper_id, phases,
+                                        exports)
         return factory
     return wrap
 

@@ -83,6 +83,7 @@ from zoo.pretrainer import Pretrainer, frozen
 from zoo.registry import register_method
 
 PAPER = "ADIOS: Shi, Siddharth, Torr, Kosiorek, ICML 2022 (arXiv 2201.13100)"
+PAPER_TITLE, PAPER_ID = "Adversarial Masking for Self-Supervised Learning (Shi et al., ICML 2022)", "arXiv:2201.13100"
 UNET_NORMS = ("gn", "in", "no")
 
 
@@ -266,7 +267,8 @@ def _build(arch: str, objective: str, single: bool, num_masks: int, mask_fbase: 
                            mask_both_views=objective == "simsiam")
 
 
-@register_method("adios", archs=ARCHS, objectives=OBJECTIVES, paper=PAPER, ours_archs=OURS)
+@register_method("adios", archs=ARCHS, objectives=OBJECTIVES, paper=PAPER, ours_archs=OURS,
+                 paper_title=PAPER_TITLE, paper_id=PAPER_ID, pretrainer=ADIOSPretrainer)
 def adios(arch: str, objective: str = "simclr", num_masks: int = 6, mask_fbase: int = 32,
           alpha_sparsity: float = 1.0, alpha_entropy: float = 0.0, unet_norm: str = "gn",
           img_size: int | None = None, num_blocks: int | None = None,
@@ -297,7 +299,8 @@ def adios(arch: str, objective: str = "simclr", num_masks: int = 6, mask_fbase: 
 
 # The paper ran ADIOS-s on ResNet-18 only (ImageNet100, 224 px).
 @register_method("adios_s", archs=ARCHS, objectives=OBJECTIVES, paper=PAPER,
-                 ours_archs=tuple(a for a in ARCHS if a != "resnet18"))
+                 ours_archs=tuple(a for a in ARCHS if a != "resnet18"),
+                 paper_title=PAPER_TITLE, paper_id=PAPER_ID, pretrainer=ADIOSPretrainer)
 def adios_s(arch: str, objective: str = "simclr", num_masks: int = 6, mask_fbase: int = 32,
             alpha_sparsity: float = 1.0, alpha_entropy: float = 0.0, unet_norm: str = "gn",
             img_size: int | None = None, num_blocks: int | None = None,

@@ -301,7 +301,10 @@ def load_attention_source(arch: str, attention_source: str | None) -> nn.Module:
 
 
 @register_method("automae", archs=("vit_tiny_patch4_32", "vit_small_patch16_224", "vit_base_patch16_224"),
-                 paper=PAPER, ours_archs=("vit_tiny_patch4_32", "vit_small_patch16_224"))
+                 paper=PAPER, ours_archs=("vit_tiny_patch4_32", "vit_small_patch16_224"),
+                 paper_title="Improving Masked Autoencoders by Learning Where to Mask (Chen et al., 2023)",
+                 paper_id="arXiv:2303.06583", pretrainer=AutoMAEPretrainer,
+                 exports="the MAE encoder (the decoder is not released)")
 def automae(arch: str, attention_source: str | None = None, mask_ratio: float = 0.75,
             mask_factor: float = 0.5, loss_g_factor: float = 0.2, decoder_embed_dim: int = 512,
             decoder_depth: int = 8, decoder_num_heads: int = 16, norm_pix_loss: bool = True) -> AutoMAEPretrainer:

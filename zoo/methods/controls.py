@@ -73,7 +73,8 @@ OBJECTIVES = ("simclr", "byol", "simsiam")
 # --------------------------------------------------------------------------------------------
 
 @register_method("simclr", archs=BASE_ARCHS + ("resnet18_os16",), paper=SIMCLR,
-                 ours_archs=("vit_tiny_patch4_32", "resnet18_os16"))
+                 ours_archs=("vit_tiny_patch4_32", "resnet18_os16"), paper_id="arXiv:2002.05709",
+                 paper_title="A Simple Framework for Contrastive Learning of Visual Representations (Chen et al., 2020)")
 def simclr(arch: str, proj_hidden_dim: int = 2048, proj_output_dim: int = 256,
            temperature: float = 0.2) -> Pretrainer:
     """SimCLR: NT-Xent between the two views' projections (negatives gathered across processes)."""
@@ -81,7 +82,9 @@ def simclr(arch: str, proj_hidden_dim: int = 2048, proj_output_dim: int = 256,
     return Pretrainer(backbone, SimCLR(backbone, proj_hidden_dim, proj_output_dim, temperature))
 
 
-@register_method("byol", archs=BASE_ARCHS, paper=BYOL_PAPER, ours_archs=("vit_tiny_patch4_32",))
+@register_method("byol", archs=BASE_ARCHS, paper=BYOL_PAPER, ours_archs=("vit_tiny_patch4_32",),
+                 paper_title="Bootstrap Your Own Latent (Grill et al., 2020)", paper_id="arXiv:2006.07733",
+                 exports=BYOL.exported)
 def byol(arch: str, proj_hidden_dim: int = 4096, proj_output_dim: int = 256,
          pred_hidden_dim: int = 4096, base_tau: float = 0.99) -> Pretrainer:
     """BYOL: symmetric 2 - 2cos(p, sg(z_teacher)); EMA teacher, tau cosine base_tau -> 1."""
@@ -90,7 +93,9 @@ def byol(arch: str, proj_hidden_dim: int = 4096, proj_output_dim: int = 256,
 
 
 @register_method("simsiam", archs=BASE_ARCHS, paper=SIMSIAM,
-                 ours_archs=("vit_tiny_patch4_32", "vit_small_patch16_224", "vit_base_patch16_224"))
+                 ours_archs=("vit_tiny_patch4_32", "vit_small_patch16_224", "vit_base_patch16_224"),
+                 paper_title="Exploring Simple Siamese Representation Learning (Chen & He, 2021)",
+                 paper_id="arXiv:2011.10566")
 def simsiam(arch: str, proj_hidden_dim: int = 2048, proj_output_dim: int = 2048,
             pred_hidden_dim: int = 512) -> Pretrainer:
     """SimSiam: symmetric -cos(p, sg(z)), averaged over the two directions."""
@@ -116,7 +121,10 @@ class MAEPretrainer(Pretrainer):
 
 
 @register_method("mae", archs=MAE_ARCHS, paper=MAE_PAPER,
-                 ours_archs=("vit_tiny_patch4_32", "vit_tiny_patch16_96", "vit_small_patch16_224"))
+                 ours_archs=("vit_tiny_patch4_32", "vit_tiny_patch16_96", "vit_small_patch16_224"),
+                 paper_title="Masked Autoencoders Are Scalable Vision Learners (He et al., 2022)",
+                 paper_id="arXiv:2111.06377", pretrainer=MAEPretrainer,
+                 exports="the MAE encoder (the decoder is not released)")
 def mae(arch: str, mask_ratio: float = 0.75, decoder_embed_dim: int = 512, decoder_depth: int = 8,
         decoder_num_heads: int = 16, norm_pix_loss: bool = True) -> Pretrainer:
     """MAE: random masking (75 %), visible tokens only in the encoder, norm-pix loss on hidden patches."""
@@ -152,7 +160,8 @@ def _masked_control(arch: str, objective: str, masker_factory, mask_patch_size: 
 
 
 @register_method("randmask", archs=MASK_ARCHS, objectives=OBJECTIVES, paper=MASK_BASELINES,
-                 ours_archs=MASK_ARCHS[1:])
+                 ours_archs=MASK_ARCHS[1:], paper_id="arXiv:2201.13100",
+                 paper_title="Random patch masks, the control of ADIOS (Shi et al., 2022)")
 def randmask(arch: str, objective: str = "simclr", mask_ratio: float = 0.75, num_masks: int = 1,
              mask_patch_size: int | None = None, proj_hidden_dim: int | None = None,
              proj_output_dim: int | None = None, pred_hidden_dim: int | None = None,
@@ -167,7 +176,8 @@ def randmask(arch: str, objective: str = "simclr", mask_ratio: float = 0.75, num
 
 
 @register_method("blockmask", archs=MASK_ARCHS, objectives=OBJECTIVES, paper=MASK_BASELINES,
-                 ours_archs=MASK_ARCHS[1:])
+                 ours_archs=MASK_ARCHS[1:], paper_id="arXiv:2201.13100",
+                 paper_title="Block masks, the control of ADIOS (Shi et al., 2022)")
 def blockmask(arch: str, objective: str = "simclr", mask_ratio: float = 0.3, num_masks: int = 1,
               mask_patch_size: int | None = None, min_block_patches: int = 4,
               min_aspect: float = 0.3, proj_hidden_dim: int | None = None,

@@ -190,7 +190,12 @@ def extrema_vit(arch: str, drop_path_rate: float = 0.0) -> nn.Module:
 
 
 @register_method("extrema", archs=ARCHS, paper=PAPER, ours_archs=("vit_tiny_patch4_32",),
-                 export_args=EXPORT_ARGS)
+                 export_args=EXPORT_ARGS, pretrainer=ExtreMAPretrainer,
+                 paper_title="Extreme Masking for Learning Instance and Distributed Visual Representations "
+                             "(Wu et al., TMLR 2023)", paper_id="arXiv:2206.04667",
+                 exports="the momentum (EMA teacher) encoder, as a timm VisionTransformer with class_token=False and "
+                         "mean pooling (ExtreMA's fine-tuning setup); the class-attention pooling blocks stay with "
+                         "the pretrainer, since vanilla timm cannot build them")
 def extrema(arch: str, mask_ratio: float = 0.8, num_masks: int = 5, disjoint: bool = True,
             proj_hidden_dim: int = 4096, proj_output_dim: int = 256, pred_hidden_dim: int = 4096,
             base_tau: float = 0.996, drop_path_rate: float = 0.1, class_attention_layers: int = 2,
