@@ -3,6 +3,7 @@ configuration, to choose the release configuration by accuracy per CPU-minute (i
 
     python train/pilot.py                 # run what is missing (re-entrant: resumes a killed run)
     python train/pilot.py --only r18_32px --lengths 1 2
+    python train/pilot.py --throughput    # each config's loop side by side on this host (idle machine)
     python train/pilot.py --report        # benchmarks/pilot/README.md (table) + pilot.png from pilot.json
 
 Each (configuration, length) is its own run of `recipes/simclr_resnet18.fmnist.yaml` through
@@ -13,6 +14,11 @@ weighted kNN (cosine, T 0.1, k 20 / 200) and the linear probe (100 epochs). Resu
 `benchmarks/pilot/pilot.json` one by one, with the run's wall-clock, images/s and thread count
 (images/s under other load is not comparable: the clean, side-by-side throughput of each
 configuration is `python benchmarks/step_time.py`).
+
+Cost axis: the runs' own wall-clocks come from different hosts and loads (recorded per row), so
+the curve's x-axis is the cost of each length on ONE host: epochs x 60k images / the loop's
+images/s of that configuration, measured side by side by `--throughput` (train/pretrain.py,
+`augment_on=device`, 1 loader worker, nothing else running), kept in pilot.json with the host.
 
 Threads: each run reads `OMP_NUM_THREADS` from the file named by --threads-file when it exists
 (default runs/pilot/threads), else uses 2, so the thread count can be lowered while tests run
@@ -39,6 +45,7 @@ CONFIGS = {
     "r18_48px": (["image_size=48"], "timm resnet18 at 48 px (layer 4 is 2 x 2)"),
 }
 LENGTHS = (1, 2, 4, 8)
+TRAIN_IMAGES = 60_000
 OUT = ROOT / "benchmarks" / "pilot"
 
 
@@ -93,6 +100,33 @@ def evaluate(config: str, epochs: int) -> dict:
             "recipe": RECIPE, "overrides": CONFIGS[config][0]}
 
 
+def throughput(steps: int = 30, rounds: int = 2, threads: int = 2) -> dict:
+    """Images/s of each configuration's whole loop, interleaved rounds on this host (median of rounds)."""
+    import statistics
+    import tempfile
+    from benchmarks.common import cpu_model
+    seen: dict[str, list[float]] = {c: [] for c in CONFIGS}
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    for _ in range(rounds):
+        for config, (overrides, _) in CONFIGS.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                subprocess.run([sys.executable, "train/pretrain.py", "--recipe", RECIPE, f"max_steps={steps}",
+                                "augment_on=device", "num_workers=1", "ckpt_every=0", "log_every=5",
+                                f"run_dir={tmp}/run", *overrides], cwd=ROOT, env=env, check=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                log = [json.loads(line) for line in Path(tmp, "run", "log.jsonl").read_text().splitlines()]
+                seen[config].append(statistics.median(r["images_per_s"] for r in log[1:]))
+    return {"cpu": cpu_model(), "threads": threads, "steps": steps, "rounds": rounds,
+            "command": "python train/pilot.py --throughput",
+            "images_per_s": {c: round(statistics.median(v), 1) for c, v in seen.items()}}
+
+
+def cost_minutes(results: dict, row: dict) -> float | None:
+    """Minutes of training on the --throughput host for this row's length (None before --throughput)."""
+    speed = results.get("throughput", {}).get("images_per_s", {}).get(row["config"])
+    return None if not speed else row["epochs"] * TRAIN_IMAGES / speed / 60
+
+
 def load_results() -> dict:
     path = OUT / "pilot.json"
     return json.loads(path.read_text()) if path.exists() else {"runs": [], "baselines": {}}
@@ -129,13 +163,21 @@ def report(results: dict) -> None:
              "probe on frozen features of the whole train split, tested on the 10k test split. Wall-clock "
              "is the run's own (threads as listed; see the notes for load beside it).", "",
              f"Raw pixels (32 px, same protocols): kNN k=20 {base.get('knn_top1_k20')}, "
-             f"k=200 {base.get('knn_top1_k200')}, linear {base.get('linear_top1')}.", "",
-             "| config | epochs | steps | kNN k=20 | kNN k=200 | linear | wall-clock (min) | images/s (median) | threads |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             f"k=200 {base.get('knn_top1_k200')}, linear {base.get('linear_top1')}.", ""]
+    tp = results.get("throughput")
+    if tp:
+        lines += [f"Cost: minutes of training on one host, {tp['cpu']}, {tp['threads']} threads, idle: epochs x "
+                  f"{TRAIN_IMAGES} / the loop's images/s measured side by side (`{tp['command']}`: "
+                  + ", ".join(f"{c} {v}" for c, v in tp["images_per_s"].items()) + " images/s).", ""]
+    lines += ["| config | epochs | steps | kNN k=20 | kNN k=200 | linear | cost (min, one host) | run's wall-clock (min) "
+              "| run's images/s (median) | threads | host |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
+        cost = cost_minutes(results, r)
         lines.append(f"| {r['config']} | {r['epochs']} | {r['steps']} | {r['knn_top1_k20']} | "
-                     f"{r['knn_top1_k200']} | {r['linear_top1']} | {r['wall_clock_s'] / 60:.1f} | "
-                     f"{r['images_per_s_median']} | {r.get('threads', '')} |")
+                     f"{r['knn_top1_k200']} | {r['linear_top1']} | {'' if cost is None else f'{cost:.1f}'} | "
+                     f"{r['wall_clock_s'] / 60:.1f} | {r['images_per_s_median']} | {r.get('threads', '')} | "
+                     f"{r.get('cpu', 'AMD EPYC (earlier session)')} |")
     lines += ["", "Configurations:", ""] + [f"- `{k}`: {v[1]}; overrides `{' '.join(v[0]) or '(none)'}`"
                                             for k, v in CONFIGS.items()]
     notes = results.get("notes", [])
@@ -152,12 +194,12 @@ def report(results: dict) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, title in ((axes[0], "knn_top1_k20", "kNN top-1, k=20"), (axes[1], "linear_top1", "linear probe top-1")):
         for config in CONFIGS:
-            pts = [(r["wall_clock_s"] / 60, r[key]) for r in rows if r["config"] == config]
+            pts = [(cost_minutes(results, r) or r["wall_clock_s"] / 60, r[key]) for r in rows if r["config"] == config]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=config)
         if key in base:
             ax.axhline(base[key], color="gray", linestyle="--", label="raw pixels")
-        ax.set_xlabel("pretraining wall-clock (min, this machine)")
+        ax.set_xlabel("training cost (min on one host, see README)" if tp else "run's wall-clock (min)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
     axes[0].legend()
@@ -171,11 +213,20 @@ def main(argv=None) -> None:
     p.add_argument("--only", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--lengths", nargs="*", type=int, default=list(LENGTHS))
     p.add_argument("--report", action="store_true")
+    p.add_argument("--throughput", action="store_true", help="measure each config's loop side by side, store it")
     p.add_argument("--threads-file", type=Path, default=ROOT / "runs" / "pilot" / "threads")
     args = p.parse_args(argv)
     results = load_results()
     if args.report:
         report(results)
+        return
+    if args.throughput:
+        measured = throughput()
+        results = load_results()
+        results["throughput"] = measured
+        save_results(results)
+        report(results)
+        print(json.dumps(measured, indent=1))
         return
     if not results["baselines"]:
         results["baselines"] = baselines()
