@@ -47,6 +47,7 @@ def test_scenes_labels_masks_and_classes():
         assert s.image.shape == (32, 32, 3) and s.image.dtype == np.uint8
         assert 0 <= s.label < len(CLASSES) == ds.num_classes == num_classes("scenes")
         assert s.label == s.classes[0]                      # label = the main object
+        assert set(s.classes) == {s.label}                  # one class per scene: the label holds in any crop
         assert s.masks.shape == (len(s.classes), 32, 32) and s.masks.dtype == bool
         assert 1 <= len(s.classes) <= 4
         # visible parts are occlusion-aware: no pixel belongs to two objects

@@ -9,7 +9,8 @@ A scene (image_size x image_size RGB, default 32):
 - a textured background: a colour gradient, stripes, a checkerboard or smooth blobs, at random
   orientation and frequency, between a random colour and a second one near it (texture, not
   edges that compete with the objects');
-- 1-4 objects from the 8 shape classes of `CLASSES`, each with a random colour (the farthest of 8
+- 1-4 objects of one of the 8 shape classes of `CLASSES` (all of a scene's objects share its class),
+  each with a random colour (the farthest of 8
   random candidates from the background's two colours and, for a distractor, from the main
   object's colour, so that shapes stay visible and do not merge), a fill (flat, shaded or
   striped), and aspect and rotation jitter. The first object is the *main* object: the largest
@@ -18,14 +19,20 @@ A scene (image_size x image_size RGB, default 32):
   them overlapping it (a distractor that would hide more than 25 % of it is left out);
 - Gaussian pixel noise over everything (sigma up to 10 on the 0-255 scale).
 
-label = class of the main object. masks = one boolean mask per object of its *visible* pixels
+label = the class of the scene's objects. Why one class per scene: the views of the siamese methods
+are random crops of 8-100 % of the image, and with distractors of other classes a crop often shows
+mostly a distractor, so the two views of one scene (pulled together by the objective) carry
+different classes and the label named only the main object's: ill-posed under the views. With one
+class per scene every object in any crop carries the label; shapes, sizes, colours, fills, poses and
+occlusion still vary per object. (Before 2026-12-02 distractors drew their own class; the
+released scenes weights of round 1 were trained on those scenes.) masks = one boolean mask per object of its *visible* pixels
 (occlusion-aware: a pixel belongs to the topmost object covering it), used to score maskers
 against the objects (`zoo.evaluation.mask_score`). Edges are anti-aliased by drawing at twice the
 resolution; a mask pixel is the object's when at least half of its 2x2 sub-pixels are.
 
 Why this is hard for raw pixels: class is carried by shape alone, while colour, texture, position,
 pose, background and distractors vary freely. Raw-pixel weighted kNN (the fixed protocol of
-`zoo.evaluation`, 20 000 train / 2 000 test scenes at 32 px) gets 30.8 % at k = 20 and 26.6 % at
+`zoo.evaluation`, 20 000 train / 2 000 test scenes at 32 px) gets 30.3 % at k = 20 and 26.1 % at
 k = 200, chance being 12.5 %: `python train/knn.py raw-pixels --data scenes`; a supervised
 ResNet-18 reaches 60 % after 5 short epochs and is still climbing.
 
@@ -173,6 +180,8 @@ def render_scene(rng: np.random.Generator, size: int = 32) -> Scene:
     main_area = None
     for i in range(n_objects):
         cls = int(rng.integers(len(CLASSES)))
+        if i > 0:    # distractors share the main object's class: the label holds for any crop (below)
+            cls = classes[0]
         if i == 0:   # the main object: the largest, mostly in frame
             radius = rng.uniform(*MAIN_RADIUS) * size
             lo, hi = max(MAIN_CENTRE[0] * size, 0.8 * radius), min(MAIN_CENTRE[1] * size, size - 0.8 * radius)
