@@ -25,8 +25,9 @@ mostly a distractor, so the two views of one scene (pulled together by the objec
 different classes and the label named only the main object's: ill-posed under the views. With one
 class per scene every object in any crop carries the label; shapes, sizes, colours, fills, poses and
 occlusion still vary per object. (Before 2026-12-02 distractors drew their own class; the
-released scenes weights of round 1 were trained on those scenes.) masks = one boolean mask per object of its *visible* pixels
-(occlusion-aware: a pixel belongs to the topmost object covering it), used to score maskers
+released scenes weights of round 1 were trained on those scenes.)
+
+masks = one boolean mask per object of its *visible* pixels (occlusion-aware: a pixel belongs to the topmost object covering it), used to score maskers
 against the objects (`zoo.evaluation.mask_score`). Edges are anti-aliased by drawing at twice the
 resolution; a mask pixel is the object's when at least half of its 2x2 sub-pixels are.
 
