@@ -27,8 +27,8 @@ class per scene every object in any crop carries the label; shapes, sizes, colou
 occlusion still vary per object. (Before 2026-12-02 distractors drew their own class; the
 released scenes weights of round 1 were trained on those scenes.)
 
-masks = one boolean mask per object of its *visible* pixels (occlusion-aware: a pixel belongs to the topmost object covering it), used to score maskers
-against the objects (`zoo.evaluation.mask_score`). Edges are anti-aliased by drawing at twice the
+masks = one boolean mask per object of its *visible* pixels (occlusion-aware: a pixel belongs to
+the topmost object covering it), used to score maskers against the objects (`zoo.evaluation.mask_score`). Edges are anti-aliased by drawing at twice the
 resolution; a mask pixel is the object's when at least half of its 2x2 sub-pixels are.
 
 Why this is hard for raw pixels: class is carried by shape alone, while colour, texture, position,
