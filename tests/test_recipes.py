@@ -49,7 +49,7 @@ def test_every_recipe_parses_and_names_a_registered_model():
 
 
 @pytest.mark.parametrize("key, suggestion", [("epoch", "epochs"), ("batchsize", "batch_size"),
-                                             ("warmup_epoch", "warmup_epochs"), ("masker_learning_rate", "masker_lr")])
+                                             ("warmup_epoch", "warmup_epochs"), ("phase", "phases")])
 def test_unknown_top_level_key_is_named_with_suggestions(tmp_path, key, suggestion):
     with pytest.raises(RecipeError) as e:
         Recipe.load(write(tmp_path, BASE + f"{key}: 3\n"))
@@ -75,7 +75,6 @@ def test_unknown_model_arg_is_checked_against_the_factory_signature(tmp_path):
 @pytest.mark.parametrize("line, fragments", [
     ("optimizer: adam", ["'adam'", "Did you mean 'adamw'", "lars, sgd, adamw"]),
     ("precision: fp16", ["'fp16'", "bf16, fp32"]),
-    ("masker_optimizer: lamb", ["masker_optimizer", "'lamb'"]),
     ("lr_scaling: sqrt", ["'sqrt'", "none, linear"]),
     ("epochs: ten", ["epochs must be an integer", "'ten'"]),
     ("epochs: 2.5", ["epochs must be an integer"]),
@@ -127,7 +126,7 @@ def test_overrides(tmp_path):
     assert Recipe.load(path).epochs == 10                      # the file is untouched
     with pytest.raises(RecipeError, match="not of the form key=value"):
         Recipe.load(path, ["epochs"])
-    with pytest.raises(RecipeError, match="only model_args.KEY may be nested"):
+    with pytest.raises(RecipeError, match=r"only model_args.KEY and phases.PHASE\[.KEY\] may be nested"):
         Recipe.load(path, ["data_args.length=5"])
     with pytest.raises(RecipeError, match=r"unknown key 'epohcs'.*'epochs'"):
         Recipe.load(path, ["epohcs=3"])
@@ -135,12 +134,108 @@ def test_overrides(tmp_path):
         Recipe.load(path, ["epochs=[1]"])
 
 
+MAIN = "optimizer: sgd\nlr: 0.2\nweight_decay: 0.01\n"
+
+
 def test_per_phase_optimizer_settings_default_to_the_main_ones(tmp_path):
-    r = Recipe.load(write(tmp_path, BASE + "optimizer: sgd\nlr: 0.2\nweight_decay: 0.01\nmasker_lr: 0.05\n"
-                          "discriminator_optimizer: adamw\ndiscriminator_weight_decay: 0\n"))
+    r = Recipe.load(write(tmp_path, "model: adios_resnet18\n" + MAIN + "phases: {masker: {lr: 0.05}}\n"))
     assert r.phase_optimizer("encoder") == ("sgd", 0.2, 0.01)
     assert r.phase_optimizer("masker") == ("sgd", 0.05, 0.01)
+    r = Recipe.load(write(tmp_path, "model: automae_vit_tiny_patch4_32\n" + MAIN
+                          + "phases: {discriminator: {optimizer: adamw, weight_decay: 0}}\n"))
+    assert r.phase_optimizer("encoder") == ("sgd", 0.2, 0.01)
     assert r.phase_optimizer("discriminator") == ("adamw", 0.2, 0.0)
+    assert r.phases == {"discriminator": {"optimizer": "adamw", "weight_decay": 0.0}}   # int 0 -> float
+
+
+def test_unknown_phase_is_named_with_the_models_phases(tmp_path):
+    with pytest.raises(RecipeError) as e:
+        Recipe.load(write(tmp_path, "model: adios_resnet18\nphases: {maskr: {lr: 0.1}}\n"))
+    msg = str(e.value)
+    assert "adios_resnet18 has no phase 'maskr'" in msg and "Did you mean 'masker'" in msg
+    assert "encoder, masker" in msg
+    # a phase of another method is unknown to this one; a method with one phase has nothing to set
+    with pytest.raises(RecipeError, match=r"automae_vit_tiny_patch4_32 has no phase 'masker'.*discriminator"):
+        Recipe.load(write(tmp_path, "model: automae_vit_tiny_patch4_32\nphases: {masker: {lr: 0.1}}\n"))
+    with pytest.raises(RecipeError, match=r"simclr_resnet18 has no phase 'masker'. Its only phase is encoder"):
+        Recipe.load(write(tmp_path, BASE + "phases: {masker: {lr: 0.1}}\n"))
+    # the main phase is the top-level keys' alone: a second spelling could only agree or conflict
+    with pytest.raises(RecipeError, match=r"phases.encoder: the encoder phase takes the top-level optimizer, lr"):
+        Recipe.load(write(tmp_path, "model: adios_resnet18\nphases: {encoder: {lr: 0.1}}\n"))
+
+
+@pytest.mark.parametrize("block, fragments", [
+    ("{masker: {learning_rate: 0.1}}", ["phases.masker: unknown key 'learning_rate'",
+                                        "Valid: optimizer, lr, weight_decay"]),
+    ("{masker: {lrr: 0.1}}", ["unknown key 'lrr'", "Did you mean 'lr'"]),
+    ("{masker: {momentum: 0.5}}", ["unknown key 'momentum'", "Valid: optimizer, lr, weight_decay"]),
+    ("{masker: {optimizer: lamb}}", ["phases.masker.optimizer", "'lamb'", "lars, sgd, adamw"]),
+    ("{masker: {lr: fast}}", ["phases.masker.lr must be a number", "'fast'"]),
+    ("{masker: {weight_decay: -1}}", ["phases.masker.weight_decay must be >= 0"]),
+    ("{masker: 0.1}", ["phases.masker must be a mapping", "0.1"]),
+    ("[masker]", ["phases must be a mapping"]),
+])
+def test_bad_phase_block_is_named(tmp_path, block, fragments):
+    with pytest.raises(RecipeError) as e:
+        Recipe.load(write(tmp_path, f"model: adios_resnet18\nphases: {block}\n"))
+    for fragment in fragments:
+        assert fragment in str(e.value), (fragment, str(e.value))
+
+
+def test_phase_values_through_dotted_overrides(tmp_path):
+    path = write(tmp_path, "model: adios_resnet18\nlr: 0.3\nphases: {masker: {lr: 0.1}}\n")
+    r = Recipe.load(path, ["phases.masker.lr=0.01", "phases.masker.optimizer=sgd"])
+    assert r.phases == {"masker": {"lr": 0.01, "optimizer": "sgd"}}
+    assert r.phase_optimizer("masker") == ("sgd", 0.01, r.weight_decay)
+    assert Recipe.load(path, ["phases.masker.lr="]).phase_optimizer("masker")[1] == 0.3   # null: the main lr
+    assert Recipe.load(path, ["phases.masker={weight_decay: 0}"]).phases == {"masker": {"weight_decay": 0.0}}
+    assert Recipe.load(write(tmp_path, "model: adios_resnet18\n"), ["phases.masker.lr=0.02"]).phases == \
+        {"masker": {"lr": 0.02}}                              # no block in the file
+    with pytest.raises(RecipeError, match="phases.masker: unknown key 'lrr'.*'lr'"):
+        Recipe.load(path, ["phases.masker.lrr=0.01"])
+    with pytest.raises(RecipeError, match="has no phase 'maskr'.*'masker'"):
+        Recipe.load(path, ["phases.maskr.lr=0.01"])
+    with pytest.raises(RecipeError, match="may be nested"):
+        Recipe.load(path, ["phases.masker.lr.x=0.01"])
+
+
+RELEASED = sorted((ROOT / "weights").glob("*/recipe.yaml"))
+
+
+@pytest.mark.parametrize("path", [p for p in RELEASED if p.parent.name.split("_")[0] in ("adios", "automae", "simclr")],
+                         ids=lambda p: p.parent.name)
+def test_released_recipe_in_the_old_format_loads_with_the_same_phase_values(path):
+    """weights/*/recipe.yaml predate the `phases` block (they are never rewritten): each old
+    `<phase>_<key>` reads as that phase's value, null as the main one's, with a deprecation note."""
+    old = yaml.safe_load(path.read_text())
+    assert "phases" not in old and "masker_lr" in old          # the old format, as released
+    with pytest.warns(FutureWarning, match="old per-phase keys"):
+        r = Recipe.load(path)
+    from zoo.registry import get_method
+    for phase in get_method(r.model).phases:
+        want = tuple(old.get(f"{phase}_{k}") if old.get(f"{phase}_{k}") is not None else old[k]
+                     for k in ("optimizer", "lr", "weight_decay"))
+        assert r.phase_optimizer(phase) == want, (path, phase, r.phase_optimizer(phase), want)
+    for key, value in old.items():                            # every other value as written
+        if not key.startswith(("masker_", "discriminator_")):
+            assert same(r.to_dict()[key], value), (key, r.to_dict()[key], value)
+    assert "masker_lr" not in r.to_dict()                     # a run from it saves the new format
+
+
+def test_old_phase_keys_translate_and_conflicts_are_named(tmp_path):
+    with pytest.warns(FutureWarning, match="masker_lr"):
+        r = Recipe.load(write(tmp_path, "model: adios_resnet18\nmasker_lr: 0.05\nmasker_optimizer: sgd\n"))
+    assert r.phases == {"masker": {"lr": 0.05, "optimizer": "sgd"}}
+    with pytest.warns(FutureWarning):                         # an old key as an override, too
+        assert Recipe.load(write(tmp_path, "model: adios_resnet18\n"), ["masker_lr=0.07"]).phases == \
+            {"masker": {"lr": 0.07}}
+    with pytest.raises(RecipeError, match="masker_lr: 0.05 conflicts with phases.masker.lr: 0.1"):
+        Recipe.load(write(tmp_path, "model: adios_resnet18\nmasker_lr: 0.05\nphases: {masker: {lr: 0.1}}\n"))
+    # a set old key still names a phase the model must have; a typo is not an old key
+    with pytest.warns(FutureWarning), pytest.raises(RecipeError, match="simclr_resnet18 has no phase 'discriminator'"):
+        Recipe.load(write(tmp_path, BASE + "discriminator_lr: 0.1\n"))
+    with pytest.raises(RecipeError, match="unknown key 'warmup_lr'"):
+        Recipe.load(write(tmp_path, BASE + "warmup_lr: 0.1\n"))
 
 
 def test_resolved_recipe_round_trips(tmp_path):
@@ -410,7 +505,7 @@ FAITHFUL = {
     "paper/automae_vit_base_patch16_224.in1k.yaml": dict(
         model="automae_vit_base_patch16_224", image_size=224, views="mae", batch_size=4096, grad_accum=8,
         epochs=800, optimizer="adamw", lr=1.5e-4, lr_scaling="linear", betas=(0.9, 0.95), weight_decay=0.05,
-        warmup_epochs=40, discriminator_optimizer="adamw", discriminator_weight_decay=0.0,
+        warmup_epochs=40, phases=dict(discriminator=dict(optimizer="adamw", weight_decay=0.0)),
         model_args=dict(mask_ratio=0.75, decoder_embed_dim=512, decoder_depth=8, norm_pix_loss=True,
                         loss_g_factor=0.2, mask_factor=0.5,
                         # OURS, not the reference's: main_pretrain.py l112 loads an 800-epoch MAE
@@ -459,6 +554,8 @@ def test_adios_paper_recipe_says_what_its_script_says(name):
                 assert same(r.model_args[arg], v), (name, arg, r.model_args[arg], v)
         elif key == "masker":
             assert same(r.phase_optimizer("masker"), value), (name, r.phase_optimizer("masker"), value)
+        elif key == "masker_lr":                             # the `phases` block's value, as written
+            assert same(r.phases["masker"]["lr"], value), (name, r.phases, value)
         elif key in ("unet_blocks", "view"):
             continue
         else:

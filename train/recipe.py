@@ -4,20 +4,28 @@
 
 A recipe file sets the fields of `Recipe` below (the defaults and their reasons are there, in one
 place, nanoGPT-style); `key=value` overrides win over the file (values are parsed as YAML, so
-`lr=0.1`, `betas=[0.9,0.95]`, `resume=true`; `model_args.KEY=value` reaches into `model_args`).
-An unknown key anywhere, top level or in `model_args` (checked against the registered method's
-factory signature), is an error naming it, the close matches and the valid choices; so is a value
-of the wrong type or outside its choices (optimizer, precision, model, objective, view preset).
+`lr=0.1`, `betas=[0.9,0.95]`, `resume=true`; `model_args.KEY=value` reaches into `model_args`,
+`phases.PHASE.KEY=value` into a phase's block). An unknown key anywhere, top level, in
+`model_args` (checked against the registered method's factory signature) or in `phases` (checked
+against the method's registered phases), is an error naming it, the close matches and the valid
+choices; so is a value of the wrong type or outside its choices (optimizer, precision, model,
+objective, view preset).
 
 Batch semantics: `batch_size` is the GLOBAL batch of one optimizer step, summed over processes
 and gradient-accumulation micro-batches. Each process loads micro-batches of
 `batch_size // (num_processes * grad_accum)` images, so a recipe means the same optimisation on
 one CPU, one GPU with accumulation, or many GPUs.
 
-Per-phase optimizers: the first phase's optimizer is `optimizer`, `lr`, `weight_decay`; the
-learned-masker phases ("masker" for ADIOS, "discriminator" for AutoMAE) take
-`<phase>_optimizer`, `<phase>_lr`, `<phase>_weight_decay`, each defaulting to the main value.
+Per-phase optimizers: the "encoder" phase (every pretrainer's) takes the top-level `optimizer`,
+`lr`, `weight_decay`; any other phase the method registers (`zoo.registry.MethodEntry.phases`)
+may set its own in the `phases` block, each key defaulting to the top-level value:
+
+    phases: {masker: {lr: 0.1}}                # ADIOS's mask_lr; optimizer and weight decay as the encoder's
+
 `momentum` (SGD, LARS), `betas` (AdamW), the LARS knobs and the schedule shape are shared.
+Recipes written before the block (released `weights/*/recipe.yaml`) spell a phase's key
+`<phase>_<key>` at the top level (`masker_lr: 0.1`); they still load, translated into the block
+with a FutureWarning (`translate_legacy_phase_keys`).
 
 Example:
     >>> from train.recipe import Recipe
@@ -28,22 +36,26 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 import os
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional
 
 import yaml
 
+from zoo.suggest import did_you_mean
+
 OPTIMIZERS = ("lars", "sgd", "adamw")
 PRECISIONS = ("bf16", "fp32")
 LR_SCALINGS = ("none", "linear")
-# Phases whose optimizer settings a recipe may set apart from the main (encoder) phase.
-PHASE_PREFIXES = ("masker", "discriminator")
+# Every pretrainer's main phase (zoo.pretrainer.Pretrainer.phases): set by the top-level keys.
+MAIN_PHASE = "encoder"
+# What a `phases` block may set for one phase (each defaults to the top-level field of that name).
+PHASE_KEYS = ("optimizer", "lr", "weight_decay")
 
 
 class RecipeError(ValueError):
@@ -94,12 +106,8 @@ class Recipe:
     betas: tuple[float, float] = (0.9, 0.95)   # AdamW (MAE, AutoMAE, ExtreMA all use 0.9/0.95)
     lars_eta: float = 0.02               # LARS trust coefficient (solo-learn / ADIOS eta_lars)
     lars_clip: bool = True               # LARS trust-ratio clipping (ADIOS grad_clip_lars)
-    masker_optimizer: Optional[Literal["lars", "sgd", "adamw"]] = None
-    masker_lr: Optional[float] = None    # ADIOS mask_lr
-    masker_weight_decay: Optional[float] = None
-    discriminator_optimizer: Optional[Literal["lars", "sgd", "adamw"]] = None
-    discriminator_lr: Optional[float] = None
-    discriminator_weight_decay: Optional[float] = None
+    phases: dict = field(default_factory=dict)   # {phase: {optimizer, lr, weight_decay}} for the
+                                         # method's other phases; unset keys take the values above
 
     # --- schedule: per step, linear warmup from warmup_start_lr, then cosine to min_lr ---------
     warmup_epochs: float = 10.0
@@ -131,6 +139,7 @@ class Recipe:
         values = yaml.safe_load(path.read_text()) or {}
         if not isinstance(values, dict):
             raise RecipeError(f"{path}: a recipe is a mapping of keys to values, got {type(values).__name__}")
+        values = translate_legacy_phase_keys(values, str(path))   # before the overrides, which then win
         values = apply_overrides(values, overrides)
         values.setdefault("run_dir", "")
         if not values["run_dir"]:
@@ -140,6 +149,7 @@ class Recipe:
     @classmethod
     def from_dict(cls, values: dict, source: str = "recipe") -> "Recipe":
         """Build and check a recipe from a plain dict (what `load` does after reading the file)."""
+        values = translate_legacy_phase_keys(values, source)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         for key in values:
             if key not in fields:
@@ -164,6 +174,7 @@ class Recipe:
         elif self.objective is not None:
             raise RecipeError(f"{source}: {entry.name} takes no objective, got objective={self.objective!r}")
         check_model_args(entry, self.model_args, source)
+        self.phases = check_phases(entry, self.phases, source)
         if "img_size" in factory_args(entry):       # maskers built for a size (ADIOS's U-Net)
             given = self.model_args.setdefault("img_size", self.image_size)
             if given != self.image_size:
@@ -199,14 +210,12 @@ class Recipe:
 
     # --- per-phase optimizer settings ----------------------------------------------------------
     def phase_optimizer(self, phase: str) -> tuple[str, float, float]:
-        """(optimizer, lr, weight_decay) of a phase; learned-masker phases may override the main ones."""
-        if phase in PHASE_PREFIXES:
-            opt = getattr(self, f"{phase}_optimizer")
-            lr = getattr(self, f"{phase}_lr")
-            wd = getattr(self, f"{phase}_weight_decay")
-            return (opt or self.optimizer, self.lr if lr is None else lr,
-                    self.weight_decay if wd is None else wd)
-        return self.optimizer, self.lr, self.weight_decay
+        """(optimizer, lr, weight_decay) of a phase: its `phases` block's values where set, else the
+        top-level ones (always for the main phase)."""
+        block = self.phases.get(phase) or {}
+        kind, lr, wd = (block.get(key) for key in PHASE_KEYS)
+        return (self.optimizer if kind is None else kind, self.lr if lr is None else lr,
+                self.weight_decay if wd is None else wd)
 
     def to_dict(self) -> dict:
         """Plain YAML-safe dict (tuples as lists): what `recipe.yaml` in the run directory holds."""
@@ -218,43 +227,143 @@ class Recipe:
 
 
 # -------------------------------------------------------------------------------------------------
-# Overrides, type checks and error messages
+# Overrides
 
 def apply_overrides(values: dict, overrides: typing.Sequence[str]) -> dict:
-    """`["lr=0.1", "model_args.num_masks=4"]` -> a new dict; values are parsed as YAML scalars/lists."""
+    """`["lr=0.1", "model_args.num_masks=4", "phases.masker.lr=0.01"]` -> a new dict; values are
+    parsed as YAML scalars/lists/mappings (`phases.masker={lr: 0.01}` replaces that phase's block)."""
     values = dict(values)
     for item in overrides:
         key, sep, raw = item.removeprefix("--").partition("=")
         if not sep or not key:
             raise RecipeError(f"override {item!r} is not of the form key=value")
         value = yaml.safe_load(raw) if raw != "" else None
-        if key.startswith("model_args."):
-            args = dict(values.get("model_args") or {})
-            args[key.removeprefix("model_args.")] = value
-            values["model_args"] = args
+        if (legacy := _legacy_phase_key(key)) is not None:
+            key = "phases.{}.{}".format(*legacy)
+            warnings.warn(f"override {item!r}: the old per-phase key; read as {key}={raw} (write that)",
+                          FutureWarning, stacklevel=2)
+        parts = key.split(".")
+        if parts[0] == "model_args" and len(parts) == 2:
+            values["model_args"] = {**_mapping(values.get("model_args"), "model_args"), parts[1]: value}
+        elif parts[0] == "phases" and len(parts) in (2, 3):
+            phases = dict(_mapping(values.get("phases"), "phases"))
+            if len(parts) == 3:
+                value = {**_mapping(phases.get(parts[1]), f"phases.{parts[1]}"), parts[2]: value}
+            phases[parts[1]] = value
+            values["phases"] = phases
         elif "." in key:
-            raise RecipeError(f"override {item!r}: only model_args.KEY may be nested")
+            raise RecipeError(f"override {item!r}: only model_args.KEY and phases.PHASE[.KEY] may be nested")
         else:
             values[key] = value
     return values
 
 
+def _mapping(value, key: str) -> dict:
+    """A nested block an override reaches into: absent is empty, anything but a mapping is an error."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RecipeError(f"{key} must be a mapping, got {value!r}")
+    return value
+
+
+# -------------------------------------------------------------------------------------------------
+# Phases: the `phases` block, checked against the method's registered phases; the old flat keys
+
+def check_phases(entry, phases: dict, source: str = "recipe") -> dict:
+    """The checked `phases` block: each phase one the method steps (not the main one, which the
+    top-level keys set), each key one of PHASE_KEYS with a valid value; null keys (default) dropped."""
+    hints = typing.get_type_hints(Recipe)
+    checked = {}
+    for phase, block in phases.items():
+        if phase == MAIN_PHASE:
+            # one place per value: a second spelling of the top-level keys could only agree or conflict
+            raise RecipeError(f"{source}: phases.{phase}: the {MAIN_PHASE} phase takes the top-level "
+                              f"{', '.join(PHASE_KEYS)}; set those instead")
+        if phase not in entry.phases:
+            others = [p for p in entry.phases if p != MAIN_PHASE]
+            hint = did_you_mean(phase, entry.phases, quote=True)
+            raise RecipeError(
+                f"{source}: phases: {entry.name} has no phase {phase!r}.{hint} "
+                + (f"Its phases: {', '.join(entry.phases)}; the block may set {', '.join(others)}." if others else
+                   f"Its only phase is {MAIN_PHASE}, which the top-level {', '.join(PHASE_KEYS)} set."))
+        for key, value in _mapping(block, f"{source}: phases.{phase}").items():
+            if key not in PHASE_KEYS:
+                raise RecipeError(_unknown(key, PHASE_KEYS, f"{source}: phases.{phase}: unknown key"))
+            if value is None:
+                continue
+            value = _check_type(f"phases.{phase}.{key}", value, hints[key], source)
+            if key != "optimizer" and value < 0:
+                raise RecipeError(f"{source}: phases.{phase}.{key} must be >= 0, got {value}")
+            checked.setdefault(phase, {})[key] = value
+    return checked
+
+
+def _legacy_phase_key(key: str) -> tuple[str, str] | None:
+    """(phase, key) of an old flat per-phase key (`masker_lr` -> ("masker", "lr")): `<phase>_<key>`
+    where <phase> is a non-main phase of some registered method and <key> one of PHASE_KEYS."""
+    if key in _field_names():
+        return None
+    for name in PHASE_KEYS:
+        phase = key.removesuffix(f"_{name}")
+        if phase != key and phase in _registered_phases():
+            return phase, name
+    return None
+
+
+def translate_legacy_phase_keys(values: dict, source: str = "recipe") -> dict:
+    """Old flat per-phase keys -> the `phases` block, with a FutureWarning. A null old key meant
+    "as the main phase" and is dropped (released recipes list every old key, null for the phases
+    their method lacks); a value the block also sets must agree."""
+    legacy = {k: (_legacy_phase_key(k), v) for k, v in values.items() if isinstance(k, str)}
+    legacy = {k: (pk, v) for k, (pk, v) in legacy.items() if pk is not None}
+    if not legacy:
+        return values
+    values = {k: v for k, v in values.items() if k not in legacy}
+    given = _mapping(values.get("phases"), f"{source}: phases")
+    phases = {p: dict(_mapping(b, f"{source}: phases.{p}")) for p, b in given.items()}
+    for old, ((phase, key), value) in legacy.items():
+        if value is None:
+            continue
+        block = phases.setdefault(phase, {})
+        if block.get(key) is not None and block[key] != value:
+            raise RecipeError(f"{source}: {old}: {value!r} conflicts with phases.{phase}.{key}: {block[key]!r}")
+        block[key] = value
+    values["phases"] = phases
+    block = yaml.safe_dump(_plain(phases), default_flow_style=True).strip()
+    warnings.warn(f"{source}: {', '.join(legacy)}: the old per-phase keys (deprecated); read as "
+                  f"phases: {block} (null ones as the main phase's). Write the `phases` block instead.",
+                  FutureWarning, stacklevel=3)
+    return values
+
+
+def _field_names() -> set[str]:
+    return {f.name for f in dataclasses.fields(Recipe)}
+
+
+def _registered_phases() -> set[str]:
+    """Every non-main phase of every registered method (the old keys' possible prefixes)."""
+    from zoo.registry import METHODS
+    import zoo  # noqa: F401  (registers every method)
+    return {p for entry in METHODS.values() for p in entry.phases if p != MAIN_PHASE}
+
+
+# -------------------------------------------------------------------------------------------------
+# Error messages and type checks
+
 def _unknown(name: str, choices, what: str) -> str:
     choices = list(choices)
     if not choices:
         return f"{what} {name!r} (it takes none)."
-    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return f"{what} {name!r}.{hint} Valid: {', '.join(str(c) for c in choices)}."
+    return f"{what} {name!r}.{did_you_mean(name, choices, quote=True)} Valid: {', '.join(str(c) for c in choices)}."
 
 
 def _suggest_file(path: Path) -> str:
     folder = path.parent if path.parent.is_dir() else None
     if folder is None:
         return ""
-    names = [p.name for p in folder.glob("*.yaml")]
-    close = difflib.get_close_matches(path.name, names, n=3, cutoff=0.5)
-    return f". Did you mean {', '.join(close)}?" if close else ""
+    hint = did_you_mean(path.name, [p.name for p in folder.glob("*.yaml")])
+    return f".{hint}" if hint else ""
 
 
 def _type_name(tp) -> str:

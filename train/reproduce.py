@@ -8,6 +8,10 @@ evaluates it with the card's protocol (train/evaluate.py, without baselines) and
 linear top-1 with the card: with a per-seed table, the new run must land within the seeds' spread
 (mean ± max(2 sd, half the range), a 3-seed spread is a rough yardstick); without one, within
 --tolerance points of the card's value. Exit status 1 when it does not.
+
+Released recipe files are never rewritten, so older ones spell per-phase settings the old way
+(`masker_lr: 0.1`); `train.recipe.Recipe.load` reads them into the `phases` block (with a
+FutureWarning), so they run as released.
 """
 from __future__ import annotations
 
