@@ -34,7 +34,8 @@ class TinyADIOS(ADIOSPretrainer):
 
 
 if "tiny_test_resnet" not in METHODS:
-    @register_method("tiny", archs=("test_resnet",), objectives=("byol", "simclr"), paper="test only")
+    @register_method("tiny", archs=("test_resnet",), objectives=("byol", "simclr"), paper="test only",
+                     pretrainer=TinyADIOS)
     def tiny(arch: str, objective: str = "byol", img_size: int = 16, num_masks: int = 2,
              nan_at: str = "") -> TinyADIOS:
         backbone = create_backbone(arch)
