@@ -136,10 +136,73 @@ def test_model_card_front_matter_and_body(env):
                    "| kNN top-1 (k=20), fashion_mnist | 81.5 | 30 | 70 |", "| kNN top-1 (k=200), fashion_mnist | 80.25 | - | - |",
                    "untrained, same run | raw pixels, same run |", "    python train/knn.py runs/x --baselines",
                    "fashion_mnist/knn_protocol: weighted kNN, T=0.1", "pretrain wall_clock_s: 1.5",
-                   "## Exported network", zpub.exported_description(METHODS[env["name"]].method),
+                   "## Exported network", METHODS[env["name"]].describe_export(),
                    "0123456789abcdef", "epochs: 1", "wall-clock: 1 s",
                    env["entry"]["files"]["model.safetensors"]):
         assert needle in body, needle
+
+
+def fake_card(**changes) -> str:
+    """A card rendered by zoo/card_template.md for a fake entry (no registration, no files)."""
+    from types import SimpleNamespace
+    entry = SimpleNamespace(method="fakemethod", arch="fake_arch", timm_arch="resnet18", ours=False,
+                            paper_title="A Fake Paper (Doe et al., 2099)", paper_id="arXiv:9999.99999")
+    for k in [k for k in changes if hasattr(entry, k)]:
+        setattr(entry, k, changes.pop(k))
+    kw = dict(name="fakemethod_fake_arch", tag="d", entry=entry, num_features=512, hf_hub_id="org/fake.d",
+              cfg={"input_size": [3, 32, 32], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+              exported="the fake encoder", recipe={"model": "fakemethod_fake_arch", "data": "d", "objective": "obj"},
+              metrics={"d/knn_top1_k20": 80.0, "d/raw_pixels/knn_top1_k20": 85.5, "d/untrained/knn_top1_k20": 30,
+                       "d/linear_top1": 83.25, "d/random_masks/knn_top1_k20": 77.0, "d/knn_protocol": "weighted",
+                       "pretrain": {"steps": 3}, "seeds": {"0": {"knn_top1_k20": 80.0, "wall_clock_s": 90},
+                                                           "1": {"knn_top1_k20": 82.0, "wall_clock_s": 60}}},
+              commands={"knn": "python train/knn.py RUN"}, commit="c0ffee", files={"model.safetensors": "ab12"},
+              has_masker=True, facts={"machine": "box"}, license="mit", dtype="float16")
+    kw.update(changes)
+    return zpub.model_card(**kw)
+
+
+def test_card_template_has_every_section():
+    card = ModelCard(fake_card())
+    assert card.data.library_name == "timm" and card.data.license == "mit" and "fakemethod" in card.data.tags
+    assert {r.metric_name: r.metric_value for r in card.data.eval_results} == {
+        "kNN top-1 (k=20), d": 80.0, "linear probe top-1, d": 83.25}
+    body = [line for line in card.text.splitlines() if line]
+    assert body[0] == "# fakemethod_fake_arch.d"
+    assert body[1] == ("**Does not beat the trivial baseline on its own test set:** kNN k=20 80.0 <= raw pixels "
+                       "85.5 (a CPU-scale run; the Results below have every number).")
+    assert body[2].startswith("A self-supervised `resnet18` backbone (fake_arch) pretrained with **fakemethod** "
+                              "on a obj base on `d` by the zoo.")
+    assert "input (3, 32, 32), mean (0.5, 0.5, 0.5), std (0.25, 0.25, 0.25)." in body[2]
+    headings = [line for line in body if line.startswith("## ")]
+    assert headings == ["## Use", "## Results", "## Exported network", "## Training", "## Files", "## Paper",
+                        "## Licence"]
+    for needle in ('masker = zoo.create_masker("fakemethod_fake_arch.d")', "hf-hub:org/fake.d", zpub.PROTOCOL,
+                   "| metric (test split) | this model | untrained, same run | raw pixels, same run |",
+                   "| kNN top-1 (k=20), d | 80 | 30 | 85.5 |", "| linear probe top-1, d | 83.25 | - | - |",
+                   "| kNN top-1 (k=20), d random_masks (baseline) | 77 | - | - |",
+                   "Re-measure (prints these numbers):", "    python train/knn.py RUN", "- d/knn_protocol: weighted",
+                   "| seed | kNN top-1 (k=20) | pretraining wall-clock |", "| 0 | 80.00 | 1.5 min |",
+                   "| mean ± sd | 81.00 ± 1.41 | |",
+                   "This file holds the fake encoder. Stored as float16.",
+                   "- Method: fakemethod, objective obj; pretrainer `fakemethod_fake_arch`.",
+                   "- Code commit: `c0ffee`.", "- machine: box", "- pretrain steps: 3", "```yaml", "data: d",
+                   "| model.safetensors | `ab12` |", "A Fake Paper (Doe et al., 2099), arXiv:9999.99999.",
+                   "mit. Trained and published with the zoo (Apache-2.0)."):
+        assert needle in card.text, needle
+    assert card.content.endswith("(Apache-2.0).\n") and "{{" not in card.content and "{%" not in card.content
+
+
+def test_card_template_leaves_out_what_does_not_apply():
+    text = fake_card(metrics={"d/knn_top1_k20": 90.0, "d/raw_pixels/knn_top1_k20": 85.5}, paper_title="",
+                     paper_id="", has_masker=False, commands={}, ours=True)
+    body = [line for line in text.split("---", 2)[2].splitlines() if line]
+    assert body[0] == "# fakemethod_fake_arch.d" and body[1].startswith("A self-supervised")   # beats raw pixels
+    assert "(a pairing no paper ran: ours)" in body[1]
+    for absent in ("## Paper", "create_masker", "Seeds", "Protocols as run", "Re-measure"):
+        assert absent not in text, absent
+    assert "No measuring command was recorded." in text
+    assert "No metrics were recorded for this weight." in fake_card(metrics={})
 
 
 def test_publish_is_atomic_and_checks_the_backbone(env, tmp_path, monkeypatch):

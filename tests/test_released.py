@@ -84,6 +84,25 @@ def test_loads_three_ways_with_equal_outputs(key, vanilla_outputs):
         assert not torch.allclose(untrained(x), ours), "pretrained=True gave untrained weights"
 
 
+@pytest.mark.parametrize("key", KEYS)
+def test_publishing_again_gives_the_released_bytes(key, tmp_path):
+    """zoo.publish.publish, fed the released weights and the facts of config.json's zoo block,
+    writes every file of weights/<key>/ byte for byte (card template, config layout, fp16 tensors):
+    a republish after a code change leaves the hash chain README.md -> config.json -> table intact."""
+    from zoo.publish import publish
+    entry, folder = TABLE[key], REPO / "weights" / key
+    block = json.loads((folder / "config.json").read_text())["zoo"]
+    masker = zoo.create_masker(key, pretrained=True) if "masker.safetensors" in block["files"] else None
+    publish(zoo.create_model(key, pretrained=True), tmp_path / key, block["name"], block["tag"],
+            recipe=block["recipe"], metrics=block["metrics"], masker=masker, commit=block["commit"],
+            dtype=block["dtype"], objective=block["pretrainer"]["objective"],
+            pretrainer_args=block["pretrainer"]["model_args"], exported=block["exported"],
+            hf_hub_id=entry["hf_hub_id"], facts=block["facts"], commands=block["commands"],
+            license=block["license"])
+    for f in sorted(folder.iterdir()):
+        assert (tmp_path / key / f.name).read_bytes() == f.read_bytes(), f"{f.name} of {key} differs"
+
+
 @pytest.mark.parametrize("key", [k for k in KEYS if "masker.safetensors" in TABLE[k]["files"]])
 def test_released_masker_loads_and_masks(key):
     entry = TABLE[key]

@@ -11,7 +11,8 @@ The folder (`weights/<name>.<tag>/`, written atomically: temp folder, then renam
     masker.safetensors   the learned masker's state dict, when there is one
     recipe.yaml          the resolved recipe that trained it
     README.md            the model card: YAML front matter (library_name timm, licence, tags,
-                         datasets, model-index) and the facts in prose
+                         datasets, model-index; huggingface_hub's ModelCardData) and the facts
+                         in prose (zoo/card_template.md, rendered by ModelCard.from_template)
 
 Vanilla timm loads the folder with `timm.create_model("local-dir:<folder>", pretrained=True)` and,
 once pushed, `timm.create_model("hf-hub:<org>/<name>", pretrained=True)`.
@@ -43,22 +44,6 @@ from zoo.runs import atomic_write, save_tensors
 
 DEFAULT_HUB_ORG = "zoo-ssl"      # the intended Hub namespace; nothing has been pushed from here
 
-# (paper name, arXiv id) per method, for the cfg's paper fields and the card.
-PAPERS = {
-    "adios": ("Adversarial Masking for Self-Supervised Learning (Shi et al., ICML 2022)", "arXiv:2201.13100"),
-    "adios_s": ("Adversarial Masking for Self-Supervised Learning (Shi et al., ICML 2022)", "arXiv:2201.13100"),
-    "automae": ("Improving Masked Autoencoders by Learning Where to Mask (Chen et al., 2023)", "arXiv:2303.06583"),
-    "extrema": ("Extreme Masking for Learning Instance and Distributed Visual Representations "
-                "(Wu et al., TMLR 2023)", "arXiv:2206.04667"),
-    "simclr": ("A Simple Framework for Contrastive Learning of Visual Representations (Chen et al., 2020)",
-               "arXiv:2002.05709"),
-    "byol": ("Bootstrap Your Own Latent (Grill et al., 2020)", "arXiv:2006.07733"),
-    "simsiam": ("Exploring Simple Siamese Representation Learning (Chen & He, 2021)", "arXiv:2011.10566"),
-    "mae": ("Masked Autoencoders Are Scalable Vision Learners (He et al., 2022)", "arXiv:2111.06377"),
-    "randmask": ("Random patch masks, the control of ADIOS (Shi et al., 2022)", "arXiv:2201.13100"),
-    "blockmask": ("Block masks, the control of ADIOS (Shi et al., 2022)", "arXiv:2201.13100"),
-}
-
 # Hub dataset ids of our data names, for the card's `datasets` metadata.
 HUB_DATASETS = {"fashion_mnist": "zalando-datasets/fashion_mnist"}
 
@@ -69,19 +54,6 @@ PROTOCOL = ("kNN: weighted kNN (cosine similarity, temperature T = 0.1, k = 20 a
             "features of the train split, top-1 on the test split. Linear probe: one linear layer on "
             "frozen, unaugmented features of the train split, top-1 on the test split. Both protocols "
             "were fixed in advance, never tuned on the test set.")
-
-
-def exported_description(method: str, objective: str | None = None) -> str:
-    """Which network of the pretrainer is released (DESIGN.md, "Weights")."""
-    if method == "extrema":
-        return ("the momentum (EMA teacher) encoder, as a timm VisionTransformer with class_token=False and "
-                "mean pooling (ExtreMA's fine-tuning setup); the class-attention pooling blocks stay with the "
-                "pretrainer, since vanilla timm cannot build them")
-    if method in ("mae", "automae"):
-        return "the MAE encoder (the decoder is not released)"
-    if method == "byol" or objective == "byol":
-        return "the online encoder (projector, predictor and momentum teacher are not released)"
-    return "the encoder (projection and prediction heads are not released)"
 
 
 def _dtype(dtype) -> torch.dtype | None:
@@ -145,30 +117,23 @@ def headline(metrics: dict) -> dict[str, float]:
     return {_label(k): v for k, v in own.items() if k.rpartition("/")[2] in HEADLINE}
 
 
-def seeds_table(seeds: dict) -> list[str]:
-    """Markdown lines: the same recipe trained with each seed, the same protocol, mean and spread.
+def seeds_summary(seeds: dict) -> dict:
+    """The card's per-seed table: the same recipe trained with each seed, the same protocol.
 
     seeds: {"0": {"knn_top1_k20": .., "knn_top1_k200": .., "linear_top1": .., "wall_clock_s": ..}, ...};
     the first seed is the released file (evaluated as stored, fp16), the others their fp32 runs.
+    Returns {"columns": labels, "rows": [(seed, values, minutes)], "stats": [(mean, sd)]}.
     """
     import statistics
     cols = [c for c in ("knn_top1_k20", "knn_top1_k200", "linear_top1") if any(
         r.get(c) is not None for r in seeds.values())]
-    lines = ["Seeds (same recipe, `seed=N`; the first row is this file, the others were trained and "
-             "evaluated the same way):", "",
-             "| seed | " + " | ".join(_LABELS[c] for c in cols) + " | pretraining wall-clock |",
-             "| --- |" + " --- |" * (len(cols) + 1)]
-    for seed, row in seeds.items():
-        wall = row.get("wall_clock_s")
-        lines.append(f"| {seed} | " + " | ".join(f"{row[c]:.2f}" if row.get(c) is not None else "-" for c in cols)
-                     + f" | {f'{wall / 60:.1f} min' if wall else '-'} |")
+    rows = [(seed, [row.get(c) for c in cols], row["wall_clock_s"] / 60 if row.get("wall_clock_s") else None)
+            for seed, row in seeds.items()]
     stats = []
     for c in cols:
         values = [r[c] for r in seeds.values() if r.get(c) is not None]
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        stats.append(f"{statistics.mean(values):.2f} ± {sd:.2f}")
-    lines.append("| mean ± sd | " + " | ".join(stats) + " | |")
-    return lines
+        stats.append((statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0))
+    return {"columns": [_LABELS[c] for c in cols], "rows": rows, "stats": stats}
 
 
 def _jsonable(obj):
@@ -187,17 +152,18 @@ def below_raw_pixels(metrics: dict, data: str) -> list[str]:
     return misses
 
 
-def below_line(misses: list[str]) -> str:
-    return ("**Does not beat the trivial baseline on its own test set:** " + "; ".join(misses)
-            + " (a CPU-scale run; the Results below have every number).")
+CARD_TEMPLATE = Path(__file__).with_name("card_template.md")
 
 
 def model_card(*, name: str, tag: str, entry, cfg: dict, num_features: int, hf_hub_id: str, exported: str,
                recipe: dict, metrics: dict, commands: dict, commit: str | None, files: dict,
-               has_masker: bool, facts: dict, paper: tuple[str, str] | None, license: str,
-               dtype: str) -> str:
-    """The README.md model card: YAML front matter with model-index, then the facts in prose."""
-    from huggingface_hub import ModelCardData
+               has_masker: bool, facts: dict, license: str, dtype: str) -> str:
+    """The README.md model card: YAML front matter with model-index, then the facts in prose.
+
+    huggingface_hub's ModelCardData writes the front matter; the prose is zoo/card_template.md
+    (Jinja, rendered by ModelCard.from_template). This function picks and pairs the facts.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
     from huggingface_hub.repocard_data import EvalResult
 
     data = str(recipe.get("data", "unknown"))
@@ -206,13 +172,13 @@ def model_card(*, name: str, tag: str, entry, cfg: dict, num_features: int, hf_h
         return HUB_DATASETS.get(ds) or (ds[3:] if ds.startswith("hf:") else None)
 
     own, baselines, notes = split_metrics(metrics)
-    results = []
+    eval_results = []
     for k, v in own.items():
         group, _, leaf = k.rpartition("/")
         if leaf not in HEADLINE:
             continue
         ds = group.split("/")[0] if group else data          # eval scripts prefix keys with their data
-        results.append(EvalResult(
+        eval_results.append(EvalResult(
             task_type="image-classification", task_name="Image classification (frozen features)"
             if leaf != "finetune_top1" else "Image classification (fine-tuned)",
             dataset_type=hub_id(ds) or f"zoo/{ds}", dataset_name=ds, dataset_split="test",
@@ -221,70 +187,36 @@ def model_card(*, name: str, tag: str, entry, cfg: dict, num_features: int, hf_h
         library_name="timm", license=license, pipeline_tag="image-feature-extraction",
         tags=["image-feature-extraction", "timm", "self-supervised", "zoo", entry.method],
         datasets=[hub_id(data)] if hub_id(data) else None, model_name=f"{name}.{tag}",
-        eval_results=results or None)
+        eval_results=eval_results or None)
 
-    def command(key: str) -> str | None:
+    # one row per result; the untrained architecture and raw pixels (measured in the same run,
+    # same protocol) beside it; any other baseline (random / block masks) as a row of its own
+    results, used = [], set()
+    for k, v in own.items():
+        group, _, leaf = k.rpartition("/")
+        side = {kind: f"{group}/{kind}/{leaf}" if group else f"{kind}/{leaf}" for kind in ("untrained", "raw_pixels")}
+        used.update(side.values())
+        results.append({"label": _label(k), "value": v, "untrained": baselines.get(side["untrained"]),
+                        "raw": baselines.get(side["raw_pixels"])})
+    extra_baselines = [(_label(k), v) for k, v in baselines.items() if k not in used]
+
+    def command(key: str) -> str | None:          # the recorded command whose word is in the metric's key
         return next((cmd for word, cmd in commands.items() if word in key), None)
 
-    lines = [f"# {name}.{tag}", ""]
-    misses = below_raw_pixels(metrics, data)
-    if misses:
-        lines += [below_line(misses), ""]
-    ours = " (a pairing no paper ran: ours)" if entry.ours else ""
-    lines += [f"A self-supervised `{entry.timm_arch}` backbone ({entry.arch}) pretrained with **{entry.method}**"
-              f"{' on a ' + str(recipe['objective']) + ' base' if recipe.get('objective') else ''}{ours} on "
-              f"`{data}` by the zoo. It is a plain timm model: headless, {num_features} features per image, "
-              f"input {tuple(cfg['input_size'])}, mean {tuple(cfg['mean'])}, std {tuple(cfg['std'])}.", ""]
-    lines += ["## Use", "", "```python", "import zoo",
-              f"model = zoo.create_model(\"{name}.{tag}\", pretrained=True)   # (B, {num_features}) features",
-              f"model = zoo.create_model(\"{name}.{tag}\", pretrained=True, num_classes=10)  # a fresh head"]
-    if has_masker:
-        lines += [f"masker = zoo.create_masker(\"{name}.{tag}\")   # learned masker: masker(x) -> (B, K, h, w)"]
-    lines += ["", "# without the zoo: vanilla timm, from this folder or from the Hub",
-              "import timm", "model = timm.create_model(\"local-dir:PATH/TO/THIS/FOLDER\", pretrained=True)",
-              f"model = timm.create_model(\"hf-hub:{hf_hub_id}\", pretrained=True)", "```", ""]
-    lines += ["## Results", "", PROTOCOL, ""]
-    if own or baselines:
-        # one row per result; the untrained architecture and raw pixels (measured in the same run,
-        # same protocol) beside it; any other baseline (random / block masks) as rows of its own
-        used = set()
-        rows = []
-        for k, v in own.items():
-            group, _, leaf = k.rpartition("/")
-            side = []
-            for kind in ("untrained", "raw_pixels"):
-                bk = f"{group}/{kind}/{leaf}" if group else f"{kind}/{leaf}"
-                side.append(f"{baselines[bk]:.4g}" if bk in baselines else "-")
-                used.add(bk)
-            rows.append(f"| {_label(k)} | {v:.4g} | " + " | ".join(side) + " |")
-        rows += [f"| {_label(k)} (baseline) | {v:.4g} | - | - |" for k, v in baselines.items() if k not in used]
-        lines += ["| metric (test split) | this model | untrained, same run | raw pixels, same run |",
-                  "| --- | --- | --- | --- |", *rows]
-        cmds = list(dict.fromkeys(c for c in (command(k) for k in [*own, *baselines]) if c))
-        lines += ["", "Re-measure (prints these numbers):" if cmds else "No measuring command was recorded.", ""]
-        lines += [f"    {c}" for c in cmds]
-    else:
-        lines += ["No metrics were recorded for this weight."]
-    if notes:
-        lines += ["", "Protocols as run:", ""] + [f"- {k}: {v}" for k, v in notes.items()]
-    if metrics.get("seeds"):
-        lines += ["", *seeds_table(metrics["seeds"])]
-    lines += ["", "## Exported network", "", f"This file holds {exported}. Stored as {dtype}.", ""]
-    lines += ["## Training", "", f"- Method: {entry.method}"
-              + (f", objective {recipe['objective']}" if recipe.get("objective") else "")
-              + f"; pretrainer `{recipe.get('model', name)}`.",
-              f"- Code commit: `{commit or 'not recorded'}`."]
-    lines += [f"- {k}: {v}" for k, v in facts.items()]
-    lines += [f"- pretrain {k}: {v}" for k, v in _flat(metrics.get("pretrain") or {}).items()]
-    lines += ["", "Recipe (`recipe.yaml`, retrain with `accelerate launch train/pretrain.py --recipe recipe.yaml`):",
-              "", "```yaml", yaml.safe_dump(_jsonable(recipe), sort_keys=False).rstrip(), "```", ""]
-    lines += ["## Files", "", "| file | SHA-256 |", "| --- | --- |"]
-    lines += [f"| {f} | `{h}` |" for f, h in files.items()]
-    lines += ["", "`config.json` records these hashes too (its `zoo` block); the zoo checks them on every load.", ""]
-    if paper:
-        lines += ["## Paper", "", f"{paper[0]}, {paper[1]}.", ""]
-    lines += ["## Licence", "", f"{license}. Trained and published with the zoo (Apache-2.0).", ""]
-    return card_data.to_yaml().join(["---\n", "\n---\n\n"]) + "\n".join(lines)
+    commands_used = list(dict.fromkeys(c for c in map(command, [*own, *baselines]) if c))
+    card = ModelCard.from_template(
+        card_data, template_path=str(CARD_TEMPLATE),
+        title=f"{name}.{tag}", misses=below_raw_pixels(metrics, data), timm_arch=entry.timm_arch,
+        arch=entry.arch, method=entry.method, objective=recipe.get("objective"), ours=entry.ours, data=data,
+        num_features=num_features, input_size=tuple(cfg["input_size"]), mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]), has_masker=has_masker, hf_hub_id=hf_hub_id, protocol=PROTOCOL,
+        results=results, extra_baselines=extra_baselines, commands=commands_used, notes=notes,
+        seeds=seeds_summary(metrics["seeds"]) if metrics.get("seeds") else None, exported=exported,
+        dtype=dtype, model=recipe.get("model", name), commit=commit, facts=facts,
+        pretrain=_flat(metrics.get("pretrain") or {}),
+        recipe_yaml=yaml.safe_dump(_jsonable(recipe), sort_keys=False).rstrip(), files=files,
+        paper_title=entry.paper_title, paper_id=entry.paper_id, license=license)
+    return str(card)
 
 
 def publish(backbone: nn.Module, out_dir: str | os.PathLike, name: str, tag: str, *, recipe: dict,
@@ -321,8 +253,8 @@ def publish(backbone: nn.Module, out_dir: str | os.PathLike, name: str, tag: str
                                weights.expected_shapes(entry.timm_arch, entry.model_args),
                                f"the exported backbone of {name}")
     objective = objective or recipe.get("objective")
-    method_paper = PAPERS.get(entry.method)
-    exported = exported or exported_description(entry.method, objective)
+    exported = exported or entry.describe_export(objective)
+    paper = " ".join(p for p in (entry.paper_title, entry.paper_id) if p) or None
     hf_hub_id = hf_hub_id or f"{DEFAULT_HUB_ORG}/{name}.{tag}"
     mean, std = mean or recipe.get("mean"), std or recipe.get("std")
     if (mean is None or std is None) and recipe.get("data"):
@@ -334,12 +266,19 @@ def publish(backbone: nn.Module, out_dir: str | os.PathLike, name: str, tag: str
         image_size=image_size or recipe.get("image_size"),
         crop_pct=1.0, interpolation="bicubic", license=license,
         description=f"{entry.method} self-supervised backbone (zoo), exported: {exported}",
-        paper_name=entry.paper or (method_paper and method_paper[0]),
-        paper_ids=method_paper and method_paper[1])
+        paper_name=entry.paper or entry.paper_title or None, paper_ids=entry.paper_id or None)
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    # model.safetensors and config.json are written here, not by timm's save_for_hf: measured on
+    # the 13 released folders with timm 1.0.31, save_for_hf (1) writes the tensors without the
+    # {"format": "pt"} metadata, so every model.safetensors would change (32 bytes shorter
+    # header; a republish would add ~210 MB of blobs to git), and (2) records timm's
+    # reconstruction args in model_args (in_chans, num_classes, global_pool, img_size as a list)
+    # plus a top-level global_pool, so model_args no longer equal the registry's and the
+    # table's. It also writes weights and config in one call, while the config's zoo block must
+    # hash the card, which hashes the weights. Vanilla timm loads either layout.
     try:
         save_tensors(tmp / "model.safetensors", state, metadata={"format": "pt"})
         if masker is not None:
@@ -351,7 +290,7 @@ def publish(backbone: nn.Module, out_dir: str | os.PathLike, name: str, tag: str
         card = model_card(name=name, tag=tag, entry=entry, cfg=cfg, num_features=backbone.num_features,
                           hf_hub_id=hf_hub_id, exported=exported, recipe=recipe, metrics=metrics,
                           commands=commands, commit=commit, files=files, has_masker=masker is not None,
-                          facts=dict(facts or {}), paper=method_paper, license=license, dtype=dtype_name)
+                          facts=dict(facts or {}), license=license, dtype=dtype_name)
         (tmp / "README.md").write_text(card)
         files["README.md"] = weights.sha256_file(tmp / "README.md")
         pretrainer = {"model": recipe.get("model", name), "objective": objective,
@@ -359,7 +298,7 @@ def publish(backbone: nn.Module, out_dir: str | os.PathLike, name: str, tag: str
                                          else recipe.get("model_args") or {})}
         zoo_block = {"name": name, "tag": tag, "files": files, "pretrainer": pretrainer, "exported": exported,
                      "dtype": dtype_name, "metrics": metrics, "commands": commands, "recipe": recipe,
-                     "commit": commit, "license": license, "paper": method_paper and " ".join(method_paper),
+                     "commit": commit, "license": license, "paper": paper,
                      "facts": dict(facts or {})}
         config = {"architecture": entry.timm_arch, "num_classes": 0, "num_features": backbone.num_features,
                   "model_args": dict(entry.model_args), "pretrained_cfg": cfg, "zoo": zoo_block}
