@@ -18,12 +18,11 @@ Example:
 """
 from __future__ import annotations
 
-import difflib
-
 from zoo.data.scenes import SceneDataset
 from zoo.data.sources import (DataMissingError, FashionMNIST, SkipLog, UnreadableImageError,
                               collate_skip_bad, hub_dataset, image_folder)
 from zoo.data.views import eval_transform, finetune_transform, two_views
+from zoo.suggest import did_you_mean
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -44,9 +43,7 @@ DATASETS: dict[str, dict] = {
 def _key(name: str) -> str:
     key = "hf" if name.startswith("hf:") else name
     if key not in DATASETS:
-        close = difflib.get_close_matches(name, list(DATASETS), n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"Unknown dataset {name!r}.{hint} Known: scenes, fashion_mnist, "
+        raise ValueError(f"Unknown dataset {name!r}.{did_you_mean(name, DATASETS)} Known: scenes, fashion_mnist, "
                          "imagefolder, hf:<datasets id>.")
     return key
 

@@ -36,11 +36,12 @@ Example:
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, replace
 
 import torch
 from torchvision.transforms import v2
+
+from zoo.suggest import did_you_mean
 
 BICUBIC = v2.InterpolationMode.BICUBIC
 
@@ -93,8 +94,7 @@ def resolve_preset(preset: str, grayscale: bool = False) -> str:
     """The preset actually used: `<preset>_gray` for 1-channel-origin data."""
     base = preset.removesuffix("_gray")
     if base not in PRESETS:
-        close = difflib.get_close_matches(preset, [p for p in PRESETS if not p.endswith("_gray")], 3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        hint = did_you_mean(preset, [p for p in PRESETS if not p.endswith("_gray")], cutoff=0.6)
         raise ValueError(f"Unknown view preset {preset!r}.{hint} Known: "
                          f"{', '.join(p for p in PRESETS if not p.endswith('_gray'))} "
                          "(each with a _gray fallback).")
