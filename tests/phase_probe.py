@@ -1,17 +1,25 @@
-"""One training step run the way train/pretrain.py runs it, observed phase by phase (tests only).
+"""One training step run by train/pretrain.py's own `train_step`, observed phase by phase (tests only).
 
-train/pretrain.py steps every batch as `for phase in pretrainer.phases: loss, backward,
-optimizers[phase].step(), zero_grad`, so the order the players see each other in is the order
-of `pretrainer.phases`. `loop_step` runs that sequence and records, per phase, the loss and the
-CPU RNG state at the phase's start, so that a test can recompute each phase's loss from
-parameters it sets up by hand (before or after the other player's update) and see which one the
-loop used.
+`train_step` steps every batch phase by phase (loss, backward, `optimizers[phase].step()`,
+zero_grad), so the order the players see each other in is the order the loop takes the phases
+in. `loop_step` runs the real function on one micro-batch (so a change inside the loop is
+caught) and records, per phase, the loss and the CPU RNG state at the phase's forward, so that a
+test can recompute each phase's loss from parameters it sets up by hand (before or after the
+other player's update) and see which one the loop used.
 """
 from __future__ import annotations
 
 import copy
+import sys
+from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # train/ is not installed
+
+from train.pretrain import train_step  # noqa: E402
 
 
 def sgd_per_phase(pretrainer, lr: float | dict[str, float]) -> dict[str, torch.optim.Optimizer]:
@@ -21,18 +29,33 @@ def sgd_per_phase(pretrainer, lr: float | dict[str, float]) -> dict[str, torch.o
     return {ph: torch.optim.SGD(pretrainer.parameters_of(ph), lr=lrs[ph]) for ph in pretrainer.phases}
 
 
+class _FixedLr:
+    """A schedule that leaves the optimizer's lr as it is (the by-hand steps use that lr)."""
+
+    def step_update(self, step: int) -> None:
+        pass
+
+
 def loop_step(pretrainer, views, optimizers) -> tuple[list[str], dict[str, float], dict[str, torch.Tensor]]:
-    """(phases in the order run, loss per phase, RNG state at each phase's start)."""
-    order, losses, rng = [], {}, {}
-    for phase in pretrainer.phases:
+    """(phases in the order run, loss per phase, RNG state at each phase's forward)."""
+    order, rng = [], {}
+
+    def observe(module, args, kwargs):
+        phase = kwargs["phase"]
         order.append(phase)
         rng[phase] = torch.get_rng_state()
-        loss = pretrainer(views, phase=phase)
-        loss.backward()
-        optimizers[phase].step()
-        pretrainer.zero_grad(set_to_none=True)
-        losses[phase] = loss.item()
-    return order, losses, rng
+
+    accelerator = Accelerator(cpu=True)
+    handle = pretrainer.register_forward_pre_hook(observe, with_kwargs=True)
+    try:
+        model, *prepared = accelerator.prepare(pretrainer, *optimizers.values())
+        losses = train_step(accelerator, model, dict(zip(optimizers, prepared)),
+                            dict.fromkeys(optimizers, _FixedLr()), [list(views)], step=0, run_dir=Path("unused"))
+    finally:
+        handle.remove()
+        # the in-process Accelerator's state must not leak into later tests' Accelerators
+        AcceleratorState._reset_state(reset_partial_state=True)
+    return order, {ph: per_micro_batch[0] for ph, per_micro_batch in losses.items()}, rng
 
 
 def step_phase_by_hand(pretrainer, views, phase: str, lr: float, rng: torch.Tensor | None = None) -> float:

@@ -3,11 +3,14 @@
     accelerate launch train/pretrain.py --recipe recipes/simclr_resnet18.fmnist.yaml [key=value ...]
     python train/pretrain.py --recipe recipes/adios_resnet18.simclr_scenes.yaml epochs=1   # one process
 
-The loop reads top to bottom (MAE's engine_pretrain.py, nanoGPT's train.py): for each optimizer
-step, for each phase of the pretrainer (ADIOS: encoder then masker; AutoMAE: discriminator then
-encoder), set the phase's learning rate, forward, check the loss is finite, backward, step; then
-`pretrainer.update(progress)` (EMA teachers, progress-driven schedules); then log, draw masks and
-checkpoint at their intervals. No callbacks.
+The file reads top to bottom (MAE's main_pretrain.py + engine_pretrain.py, nanoGPT's train.py):
+`main` builds the processes, the data, the pretrainer with one optimizer and schedule per phase,
+resumes, then `train` runs the optimizer steps: `train_step` takes every phase of the pretrainer in
+its order (ADIOS: encoder then masker; AutoMAE: discriminator then encoder): set the phase's
+learning rate, forward, check the loss is finite, backward, step; then `pretrainer.update(progress)`
+(EMA teachers, progress-driven schedules); then log, draw masks and checkpoint at their intervals.
+No callbacks. The CPU training kernels (zoo/kernels.py) are installed on the pretrainer for the
+loop only, so the trained pretrainer returned holds plain timm modules.
 
 What a run leaves in `run_dir` (zoo/runs.py): `recipe.yaml` (resolved), `log.jsonl`,
 `masks.png` (+ `masks/step_*.png`) for pretrainers with a masker, `state/step_*` resume
@@ -45,6 +48,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a clone without installing
@@ -52,12 +56,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from a clon
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
-from torch.utils.data import DataLoader, IterableDataset, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from tqdm.auto import tqdm
 
 import zoo
 from zoo.data import build_dataset, collate_skip_bad, dataset_stats, eval_transform, two_views
 from zoo.data.batch_views import BatchViews, ViewParams, collate_draws
+from zoo.kernels import fast_kernels
 from zoo.runs import atomic_write, save_pretrainer, update_metrics
 from train.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
 from train.mask_grid import masker_picture, save_mask_grid
@@ -88,28 +93,86 @@ def main(argv=None) -> torch.nn.Module:
     args = parse_args(argv)
     recipe = Recipe.load(args.recipe, args.overrides)
     run_dir = Path(recipe.run_dir)
+    found = checkpoint_to_resume(recipe, run_dir)
+    accelerator = build_accelerator(recipe, run_dir)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        recipe.save(run_dir / "recipe.yaml")
+    data = build_data(recipe, accelerator)
+
+    set_seed(recipe.seed)                         # the same initial weights on every process
+    pretrainer = build_pretrainer(recipe, accelerator.num_processes)
+    optimizers, schedules = build_optimizers(recipe, pretrainer, data)
+    model, *prepared = accelerator.prepare(pretrainer, *optimizers.values())
+    optimizers = dict(zip(optimizers, prepared))
+    set_seed(recipe.seed, device_specific=True)   # masks / dropout differ across processes
+    picture = mask_picture_batch(recipe, pretrainer, data, accelerator)
+
+    step = resume(recipe, accelerator, found, data.last_step)
+    log = TrainingLog(recipe, accelerator, pretrainer.phases, step, data)
+    try:                                          # the bar is closed before any stop message
+        with fast_kernels(pretrainer):            # zoo/kernels.py, taken off again for the export
+            step = train(recipe, accelerator, model, pretrainer, optimizers, schedules, data, picture, log, step)
+    finally:
+        log.close()
+    finish(recipe, accelerator, pretrainer, data, log, step)
+    return pretrainer
+
+
+# ---- set-up ------------------------------------------------------------------------------------
+
+def checkpoint_to_resume(recipe: Recipe, run_dir: Path) -> tuple[int, Path] | None:
+    """The run's newest checkpoint; one left behind without resume=true is an error, not overwritten."""
     found = last_checkpoint(run_dir)
     if found and not recipe.resume:
         raise TrainingStopped(f"{run_dir} already holds checkpoint {found[1].name}: pass resume=true "
                               "to continue it, or another run_dir=")
+    return found
 
-    # ---- processes and precision --------------------------------------------------------------
+
+def build_accelerator(recipe: Recipe, run_dir: Path) -> Accelerator:
+    """Processes and precision; the global batch must split into micro-batches evenly."""
     accelerator = Accelerator(
         mixed_precision="bf16" if recipe.precision == "bf16" else "no",
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         log_with="tensorboard" if recipe.tensorboard else None,
         project_dir=str(run_dir))
-    world, rank, main_process = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
-    if recipe.batch_size % (world * recipe.grad_accum):
+    if recipe.batch_size % (accelerator.num_processes * recipe.grad_accum):
         raise TrainingStopped(f"batch_size {recipe.batch_size} (global) must be divisible by "
-                              f"{world} processes x grad_accum {recipe.grad_accum}")
+                              f"{accelerator.num_processes} processes x grad_accum {recipe.grad_accum}")
+    return accelerator
+
+
+@dataclass
+class Data:
+    """This process's training data: step-exact micro-batches, views seeded per sample."""
+    train_set: Dataset
+    sampler: StepSampler
+    micro_batch: int
+    steps_per_epoch: int
+    total_steps: int                   # the schedule's length (all epochs)
+    last_step: int                     # where this run stops (max_steps, else total_steps)
+    mean: tuple
+    std: tuple
+    device_views: BatchViews | None    # augment_on=device: the views are made on the device
+    data_kw: dict
+    skipped: object | None             # the dataset's unreadable-image counter, if it has one
+    loader_kw: dict
+
+    def loader_from(self, step: int, seed: int):
+        """Micro-batches of this process from optimizer step `step` to the end of its epoch."""
+        epoch, in_epoch = divmod(step, self.steps_per_epoch)
+        self.sampler.set_position(epoch, in_epoch)
+        return iter(DataLoader(SeededSamples(self.train_set), batch_size=self.micro_batch, sampler=self.sampler,
+                               collate_fn=collate_draws if self.device_views is not None else collate_skip_bad,
+                               generator=torch.Generator().manual_seed(seed + epoch),
+                               persistent_workers=False, **self.loader_kw))
+
+
+def build_data(recipe: Recipe, accelerator: Accelerator) -> Data:
+    """The dataset with the recipe's views, and the sampler: global batch -> micro-batches per process."""
+    world = accelerator.num_processes
     micro_batch = recipe.batch_size // (world * recipe.grad_accum)
-
-    if main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        recipe.save(run_dir / "recipe.yaml")
-
-    # ---- data: global batch -> micro-batches per process; views seeded per sample -------------
     stats = dataset_stats(recipe.data)
     mean, std = recipe.mean or stats["mean"], recipe.std or stats["std"]
     view_args = dict(grayscale=stats["grayscale"], jitter=recipe.jitter)
@@ -126,139 +189,193 @@ def main(argv=None) -> torch.nn.Module:
     if isinstance(dataset, IterableDataset):
         raise TrainingStopped(f"{recipe.data} was opened as a stream; pretrain.py needs random access "
                               "for its step-exact sampler: pass data_args.streaming=false (or an imagefolder)")
-    skipped = getattr(dataset, "skipped", None)
     train_set = Subset(dataset, range(min(recipe.limit_train, len(dataset)))) if recipe.limit_train else dataset
     steps_per_epoch = len(train_set) // recipe.batch_size
     if steps_per_epoch == 0:
         raise TrainingStopped(f"{len(train_set)} training images make no full batch of {recipe.batch_size}")
     total_steps = recipe.epochs * steps_per_epoch
     last_step = min(total_steps, recipe.max_steps) if recipe.max_steps else total_steps
-    sampler = StepSampler(len(train_set), recipe.batch_size, micro_batch, world, rank, recipe.seed)
+    sampler = StepSampler(len(train_set), recipe.batch_size, micro_batch, world, accelerator.process_index,
+                          recipe.seed)
+    return Data(train_set, sampler, micro_batch, steps_per_epoch, total_steps, last_step, mean, std,
+                device_views, data_kw, getattr(dataset, "skipped", None),
+                dict(num_workers=recipe.num_workers, pin_memory=accelerator.device.type == "cuda"))
 
-    def loader_from(step: int):
-        """Micro-batches of this process from optimizer step `step` to the end of its epoch."""
-        epoch, in_epoch = divmod(step, steps_per_epoch)
-        sampler.set_position(epoch, in_epoch)
-        return iter(DataLoader(SeededSamples(train_set), batch_size=micro_batch, sampler=sampler,
-                               num_workers=recipe.num_workers,
-                               collate_fn=collate_draws if device_views is not None else collate_skip_bad,
-                               pin_memory=accelerator.device.type == "cuda",
-                               generator=torch.Generator().manual_seed(recipe.seed + epoch),
-                               persistent_workers=False))
 
-    # ---- pretrainer, one optimizer and one schedule per phase ---------------------------------
-    set_seed(recipe.seed)                         # the same initial weights on every process
+def build_pretrainer(recipe: Recipe, world: int) -> torch.nn.Module:
+    """The registered pretrainer in the recipe's memory format (SyncBatchNorm if asked, on many processes)."""
     pretrainer = zoo.create_pretrainer(recipe.model, recipe.objective, **recipe.model_args)
-    memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
-    pretrainer = pretrainer.to(memory_format=memory_format)
+    pretrainer = pretrainer.to(memory_format=_memory_format(recipe))
     if recipe.sync_bn and world > 1:
         pretrainer = torch.nn.SyncBatchNorm.convert_sync_batchnorm(pretrainer)
-    phases = tuple(pretrainer.phases)
+    return pretrainer
+
+
+def build_optimizers(recipe: Recipe, pretrainer, data: Data) -> tuple[dict, dict]:
+    """One optimizer and one schedule per phase, keyed by phase in the pretrainer's order."""
     no_decay, static = pretrainer.no_weight_decay(), pretrainer.static_lr()
     optimizers = {ph: build_optimizer(recipe, ph, phase_named_parameters(pretrainer, ph), no_decay, static)
-                  for ph in phases}
-    schedules = {ph: build_schedule(recipe, ph, opt, steps_per_epoch, total_steps)
+                  for ph in pretrainer.phases}
+    schedules = {ph: build_schedule(recipe, ph, opt, data.steps_per_epoch, data.total_steps)
                  for ph, opt in optimizers.items()}
-    model, *prepared = accelerator.prepare(pretrainer, *optimizers.values())
-    optimizers = dict(zip(phases, prepared))
-    set_seed(recipe.seed, device_specific=True)   # masks / dropout differ across processes
+    return optimizers, schedules
 
-    # ---- a fixed batch for the mask pictures (unaugmented train images) -----------------------
-    picture = None
-    if pretrainer.masker is not None and main_process:
-        plain = build_dataset(recipe.data, recipe.data_split, root=recipe.data_root, image_size=recipe.image_size,
-                              transform=eval_transform(recipe.image_size, mean, std), **data_kw)
-        picture = torch.stack([plain[i][0] for i in range(min(8, len(plain)))]).to(accelerator.device)
 
-    # ---- resume -------------------------------------------------------------------------------
-    step = 0
-    if recipe.resume and found:
-        progress = load_checkpoint(accelerator, found[1])
-        step = progress["step"]
-        accelerator.print(f"resumed from {found[1]} at step {step}/{last_step}")
-        changed = {k: (v, recipe.to_dict().get(k)) for k, v in progress.get("recipe", {}).items()
-                   if k not in _BOOKKEEPING and recipe.to_dict().get(k) != v}
-        if changed:                                # allowed (e.g. a fixed data path), but not step-exact
-            accelerator.print("warning: the recipe differs from the checkpoint's, the run is no longer "
-                              "step-exact: " + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
-    elif recipe.resume:
-        accelerator.print(f"resume=true but {run_dir} has no checkpoint yet: starting at step 0")
-    log_path = run_dir / "log.jsonl"
-    if main_process:
-        _truncate_log(log_path, step)
-    if recipe.tensorboard:
-        accelerator.init_trackers("tb", config={k: v for k, v in recipe.to_dict().items()
-                                                if isinstance(v, (int, float, str, bool))})
+def mask_picture_batch(recipe: Recipe, pretrainer, data: Data, accelerator: Accelerator) -> torch.Tensor | None:
+    """A fixed batch of unaugmented train images for the mask pictures (main process, learned or
+    fixed maskers only)."""
+    if pretrainer.masker is None or not accelerator.is_main_process:
+        return None
+    plain = build_dataset(recipe.data, recipe.data_split, root=recipe.data_root, image_size=recipe.image_size,
+                          transform=eval_transform(recipe.image_size, data.mean, data.std), **data.data_kw)
+    return torch.stack([plain[i][0] for i in range(min(8, len(plain)))]).to(accelerator.device)
 
-    # ---- the loop -----------------------------------------------------------------------------
-    bar = tqdm(total=last_step, initial=step, unit="step", dynamic_ncols=True,
-               disable=not accelerator.is_local_main_process)
-    sums = {ph: 0.0 for ph in phases}
-    seen_since_log, t_log, t_start = 0, time.perf_counter(), time.perf_counter()
-    try:                                           # the bar is closed before any stop message
-        batches = loader_from(step) if step < last_step else None
-        while step < last_step:
-            micro_batches = [next(batches) for _ in range(recipe.grad_accum)]
-            if any(b is None for b in micro_batches):
-                raise TrainingStopped(f"step {step}: a whole micro-batch of images was unreadable "
-                                      f"({skipped.report() if skipped else ''})")
-            micro_batches = [[v.contiguous(memory_format=memory_format) for v in _views_of(b[0], device_views, accelerator.device)]
-                             for b in micro_batches]
-            for phase in phases:
-                schedules[phase].step_update(step)
-                for i, views_mb in enumerate(micro_batches):
-                    sync = i == len(micro_batches) - 1
-                    with nullcontext() if sync else accelerator.no_sync(model):
-                        loss = model(views_mb, phase=phase)
-                        _check_finite(accelerator, loss, step, phase, run_dir)
-                        accelerator.backward(loss / recipe.grad_accum)
-                    sums[phase] += loss.detach().float().item() / recipe.grad_accum
-                optimizers[phase].step()
-                model.zero_grad(set_to_none=True)
-            pretrainer.update((step + 1) / total_steps)
-            step += 1
-            seen_since_log += recipe.batch_size
-            if step % steps_per_epoch == 0 and step < last_step:
-                batches = loader_from(step)                # next epoch: a new order
 
-            if step % recipe.log_every == 0 or step == last_step:
-                now = time.perf_counter()
-                n = (step - 1) % recipe.log_every + 1
-                losses = {ph: _mean_over_processes(accelerator, sums[ph] / n) for ph in phases}
-                record = {"step": step, "epoch": round(step / steps_per_epoch, 4),
-                          **{f"loss/{ph}": v for ph, v in losses.items()},
-                          **{f"lr/{ph}": optimizers[ph].param_groups[0]["lr"] for ph in phases},
-                          "images_per_s": seen_since_log / (now - t_log), "time_s": round(now - t_start, 2)}
-                if main_process:
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                if recipe.tensorboard:
-                    accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
-                bar.set_postfix({**{ph: f"{v:.4f}" for ph, v in losses.items()},
-                                 "img/s": f"{record['images_per_s']:.0f}"})
-                sums = {ph: 0.0 for ph in phases}
-                seen_since_log, t_log = 0, now
-            bar.update(1)
+def resume(recipe: Recipe, accelerator: Accelerator, found: tuple[int, Path] | None, last_step: int) -> int:
+    """Restore model, optimizers and RNG from the newest checkpoint if resume=true; the step to go on from."""
+    if not recipe.resume:
+        return 0
+    if not found:
+        accelerator.print(f"resume=true but {Path(recipe.run_dir)} has no checkpoint yet: starting at step 0")
+        return 0
+    progress = load_checkpoint(accelerator, found[1])
+    step = progress["step"]
+    accelerator.print(f"resumed from {found[1]} at step {step}/{last_step}")
+    changed = {k: (v, recipe.to_dict().get(k)) for k, v in progress.get("recipe", {}).items()
+               if k not in _BOOKKEEPING and recipe.to_dict().get(k) != v}
+    if changed:                                # allowed (e.g. a fixed data path), but not step-exact
+        accelerator.print("warning: the recipe differs from the checkpoint's, the run is no longer "
+                          "step-exact: " + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+    return step
 
-            if picture is not None and (step == last_step or (recipe.mask_grid_every and step % recipe.mask_grid_every == 0)):
-                masks = masker_picture(pretrainer.masker, picture)
-                save_mask_grid(run_dir / "masks" / f"step_{step:08d}.png", picture, masks, mean, std)
-                save_mask_grid(run_dir / "masks.png", picture, masks, mean, std)
-            if recipe.ckpt_every and (step % recipe.ckpt_every == 0 or step == last_step):
-                save_checkpoint(accelerator, run_dir, step, {"recipe": recipe.to_dict()})
-    finally:
-        bar.close()
 
-    # ---- the end: the trained pretrainer and what the run cost --------------------------------
+# ---- the loop ----------------------------------------------------------------------------------
+
+def train(recipe: Recipe, accelerator: Accelerator, model, pretrainer, optimizers: dict, schedules: dict,
+          data: Data, picture: torch.Tensor | None, log: TrainingLog, step: int) -> int:
+    """Optimizer steps from `step` to `data.last_step`; returns the step reached."""
+    batches = data.loader_from(step, recipe.seed) if step < data.last_step else None
+    while step < data.last_step:
+        micro_batches = next_micro_batches(batches, recipe, data, accelerator.device, step)
+        losses = train_step(accelerator, model, optimizers, schedules, micro_batches, step, Path(recipe.run_dir))
+        pretrainer.update((step + 1) / data.total_steps)     # EMA teachers, progress-driven schedules
+        step += 1
+        log.add(losses)
+        if step % data.steps_per_epoch == 0 and step < data.last_step:
+            batches = data.loader_from(step, recipe.seed)     # next epoch: a new order
+        if step % recipe.log_every == 0 or step == data.last_step:
+            log.write(step, optimizers)
+        log.bar.update(1)
+        if picture is not None and (step == data.last_step or (recipe.mask_grid_every and step % recipe.mask_grid_every == 0)):
+            draw_masks(pretrainer.masker, picture, Path(recipe.run_dir), step, data)
+        if recipe.ckpt_every and (step % recipe.ckpt_every == 0 or step == data.last_step):
+            save_checkpoint(accelerator, recipe.run_dir, step, {"recipe": recipe.to_dict()})
+    return step
+
+
+def next_micro_batches(batches, recipe: Recipe, data: Data, device, step: int) -> list[list[torch.Tensor]]:
+    """The `grad_accum` micro-batches of one optimizer step, as views on the device."""
+    micro_batches = [next(batches) for _ in range(recipe.grad_accum)]
+    if any(b is None for b in micro_batches):
+        raise TrainingStopped(f"step {step}: a whole micro-batch of images was unreadable "
+                              f"({data.skipped.report() if data.skipped else ''})")
+    memory_format = _memory_format(recipe)
+    return [[v.contiguous(memory_format=memory_format) for v in _views_of(b[0], data.device_views, device)]
+            for b in micro_batches]
+
+
+def train_step(accelerator: Accelerator, model, optimizers: dict, schedules: dict,
+               micro_batches: list[list[torch.Tensor]], step: int, run_dir: Path) -> dict[str, list[float]]:
+    """One optimizer step on one global batch, phase by phase in the pretrainer's order.
+
+    For each phase: its schedule sets the lr of `step`; each micro-batch is forwarded (under the
+    autocast that `accelerator.prepare` put on `model`), checked finite, and backwarded (DDP
+    all-reduces on the last one only); then the phase's optimizer steps and every gradient is
+    cleared (see "Decisions" above). Returns each phase's loss per micro-batch.
+    """
+    losses = {}
+    for phase in accelerator.unwrap_model(model).phases:
+        schedules[phase].step_update(step)
+        losses[phase] = []
+        for i, views in enumerate(micro_batches):
+            sync = i == len(micro_batches) - 1
+            with nullcontext() if sync else accelerator.no_sync(model):
+                loss = model(views, phase=phase)
+                _check_finite(accelerator, loss, step, phase, run_dir)
+                accelerator.backward(loss / len(micro_batches))
+            losses[phase].append(loss.detach().float().item())
+        optimizers[phase].step()
+        model.zero_grad(set_to_none=True)
+    return losses
+
+
+# ---- log, pictures, the end --------------------------------------------------------------------
+
+class TrainingLog:
+    """log.jsonl (main process), TensorBoard and the progress bar: each phase's loss averaged over
+    the steps since the last line, the phases' lr, images/s."""
+
+    def __init__(self, recipe: Recipe, accelerator: Accelerator, phases, step: int, data: Data):
+        self.recipe, self.accelerator, self.phases, self.data = recipe, accelerator, tuple(phases), data
+        self.path = Path(recipe.run_dir) / "log.jsonl"
+        if accelerator.is_main_process:
+            _truncate_log(self.path, step)
+        if recipe.tensorboard:
+            accelerator.init_trackers("tb", config={k: v for k, v in recipe.to_dict().items()
+                                                    if isinstance(v, (int, float, str, bool))})
+        self.bar = tqdm(total=data.last_step, initial=step, unit="step", dynamic_ncols=True,
+                        disable=not accelerator.is_local_main_process)
+        self.sums = {ph: 0.0 for ph in self.phases}
+        self.seen, self.t_log, self.t_start = 0, time.perf_counter(), time.perf_counter()
+
+    def add(self, losses: dict[str, list[float]]) -> None:
+        for ph, per_micro_batch in losses.items():
+            for value in per_micro_batch:
+                self.sums[ph] += value / self.recipe.grad_accum
+        self.seen += self.recipe.batch_size
+
+    def write(self, step: int, optimizers: dict) -> None:
+        now = time.perf_counter()
+        n = (step - 1) % self.recipe.log_every + 1
+        losses = {ph: _mean_over_processes(self.accelerator, self.sums[ph] / n) for ph in self.phases}
+        record = {"step": step, "epoch": round(step / self.data.steps_per_epoch, 4),
+                  **{f"loss/{ph}": v for ph, v in losses.items()},
+                  **{f"lr/{ph}": optimizers[ph].param_groups[0]["lr"] for ph in self.phases},
+                  "images_per_s": self.seen / (now - self.t_log), "time_s": round(now - self.t_start, 2)}
+        if self.accelerator.is_main_process:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.recipe.tensorboard:
+            self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+        self.bar.set_postfix({**{ph: f"{v:.4f}" for ph, v in losses.items()},
+                              "img/s": f"{record['images_per_s']:.0f}"})
+        self.sums = {ph: 0.0 for ph in self.phases}
+        self.seen, self.t_log = 0, now
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def draw_masks(masker, picture: torch.Tensor, run_dir: Path, step: int, data: Data) -> None:
+    """The masker's masks on the fixed batch: masks/step_*.png, and masks.png as the newest."""
+    masks = masker_picture(masker, picture)
+    save_mask_grid(run_dir / "masks" / f"step_{step:08d}.png", picture, masks, data.mean, data.std)
+    save_mask_grid(run_dir / "masks.png", picture, masks, data.mean, data.std)
+
+
+def finish(recipe: Recipe, accelerator: Accelerator, pretrainer, data: Data, log: TrainingLog, step: int) -> None:
+    """The trained pretrainer and what the run cost (pretrainer.safetensors, metrics.json)."""
+    run_dir, world = Path(recipe.run_dir), accelerator.num_processes
     if world > 1:
         for buffer in pretrainer.buffers():           # BN statistics of process 0 everywhere
             torch.distributed.broadcast(buffer.data, src=0)
+    skipped = data.skipped
     unreadable = _sum_over_processes(accelerator, skipped.count if skipped else 0)
-    if main_process:
+    if accelerator.is_main_process:
         save_pretrainer(run_dir, pretrainer, recipe.to_dict())
         update_metrics(run_dir, {"pretrain": {
-            "steps": step, "epochs": round(step / steps_per_epoch, 4), "images": step * recipe.batch_size,
-            "wall_clock_s": round(time.perf_counter() - t_start, 1), "processes": world,
+            "steps": step, "epochs": round(step / data.steps_per_epoch, 4), "images": step * recipe.batch_size,
+            "wall_clock_s": round(time.perf_counter() - log.t_start, 1), "processes": world,
             "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
             "unreadable_images": unreadable}})
         report = skipped.report() if skipped else "no unreadable images"
@@ -266,7 +383,10 @@ def main(argv=None) -> torch.nn.Module:
                           + (f" (all processes: {unreadable})" if world > 1 else ""))
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return pretrainer
+
+
+def _memory_format(recipe: Recipe) -> torch.memory_format:
+    return torch.channels_last if recipe.channels_last else torch.contiguous_format
 
 
 def _views_of(loaded, device_views, device) -> list[torch.Tensor]:

@@ -1,10 +1,13 @@
 """Faster CPU kernels for training, on plain timm modules: the same math, another kernel.
 
-`use_fast_kernels(model)` (applied by every `Pretrainer` before each forward) sets up two choices,
-each measured on the project's 2-core CPU hosts (benchmarks/, BENCHMARKS.md), each
-made per call and only in training mode on the CPU, so inference (eval mode) and accelerators
-stay bit-for-bit what timm does. State dicts, module classes and `repr` are unchanged: an exported
-backbone is still the vanilla timm network.
+`use_fast_kernels(model)` sets up two choices, each measured on the project's 2-core CPU hosts
+(benchmarks/, BENCHMARKS.md), each made per call and only in training mode on the CPU, so
+inference (eval mode) and accelerators stay bit-for-bit what timm does. State dicts, module
+classes and `repr` are unchanged, but the modules are patched per instance (a pre-hook, an
+instance `_conv_forward`): the training loop (train/pretrain.py) and the benchmarks that time
+training steps install them, the model classes never do, and `with fast_kernels(model):` takes
+them off again on the way out, so a backbone exported after training is the plain timm module
+(`remove_fast_kernels`; tests/test_kernels.py).
 
 1. Attention (`use_fast_attention`). PyTorch's CPU flash-attention kernel behind
    `F.scaled_dot_product_attention` is slower than timm's plain matmul-softmax-matmul path for
@@ -35,13 +38,16 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["use_fast_kernels", "use_fast_attention", "use_fast_conv", "seen_taps", "CPU_SDPA_MIN_TOKENS"]
+__all__ = ["fast_kernels", "use_fast_kernels", "remove_fast_kernels", "use_fast_attention", "use_fast_conv",
+           "seen_taps", "CPU_SDPA_MIN_TOKENS"]
 
 CPU_SDPA_MIN_TOKENS = 256
 
@@ -49,6 +55,43 @@ CPU_SDPA_MIN_TOKENS = 256
 def use_fast_kernels(model: nn.Module) -> nn.Module:
     """Both kernel choices below, for every module in `model`. Idempotent."""
     return use_fast_conv(use_fast_attention(model))
+
+
+def remove_fast_kernels(model: nn.Module) -> nn.Module:
+    """Undo `use_fast_kernels` on every module in `model` (copies included: EMA teachers carry the
+    patches of the module they were copied from): the hooks, the instance `_conv_forward` and the
+    saved flag go, `fused_attn` is timm's choice again. Modules it never patched are untouched."""
+    for m in model.modules():
+        conv_forward = m.__dict__.get("_conv_forward")
+        if isinstance(conv_forward, functools.partial) and conv_forward.func is _conv_forward:
+            del m._conv_forward
+        if "_zoo_fused_attn" in m.__dict__:
+            for key in [k for k, hook in m._forward_pre_hooks.items() if hook is _attention_kernel_hook]:
+                del m._forward_pre_hooks[key]
+            m.fused_attn = m._zoo_fused_attn
+            del m._zoo_fused_attn
+    return model
+
+
+@contextlib.contextmanager
+def fast_kernels(model: nn.Module) -> Iterator[nn.Module]:
+    """`use_fast_kernels(model)` for the block, `remove_fast_kernels(model)` after it (also on an
+    error), so what leaves the block is the plain timm network.
+
+    Example:
+        >>> import timm
+        >>> net = timm.create_model("resnet18", num_classes=0)
+        >>> with fast_kernels(net):
+        ...     "_conv_forward" in net.layer4[0].conv1.__dict__
+        True
+        >>> "_conv_forward" in net.layer4[0].conv1.__dict__
+        False
+    """
+    use_fast_kernels(model)
+    try:
+        yield model
+    finally:
+        remove_fast_kernels(model)
 
 
 # --------------------------------------------------------------------------------------------
