@@ -1,13 +1,18 @@
-"""zoo/kernels.py: the CPU training kernels compute what the vanilla timm modules compute.
+"""zoo/kernels.py: the CPU training kernels compute what the vanilla timm modules compute, and
+they are the training loop's: installed for its steps, gone from what it exports.
 
 The references are independent: `F.conv2d` on the same tensors (forward and every gradient) and
-timm's own fused attention; eval mode must be bit-for-bit vanilla.
+timm's own fused attention; eval mode must be bit-for-bit vanilla; "plain timm" is checked
+module by module against a fresh timm model and by loading the export in a process without the zoo.
 """
 from __future__ import annotations
 
 import copy
 import io
 import itertools
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -16,7 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.kernels import seen_taps, use_fast_attention, use_fast_conv, use_fast_kernels
+from zoo.kernels import (fast_kernels, remove_fast_kernels, seen_taps, use_fast_attention, use_fast_conv,
+                         use_fast_kernels)
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))                                  # train/ is not installed
 
 SHAPES = [(H, W, k, s, p) for H, W, k, s, p in itertools.product((1, 2, 3), (1, 2), (1, 3, 7), (1, 2, 4), (0, 1, 3))
           if H + 2 * p >= k and W + 2 * p >= k]
@@ -133,14 +142,117 @@ def test_installed_conv_survives_deepcopy_pickling_and_state_dict():
     assert use_fast_conv(conv)._conv_forward is conv._conv_forward      # idempotent
 
 
-def test_pretrainer_installs_the_kernels_and_exports_plain_timm():
+def instance_patches(net: nn.Module) -> list[str]:
+    """What makes `net` other than the plain timm module: per submodule, an instance attribute that
+    shadows a method of its class (`forward`, `_conv_forward`), a zoo attribute, or any hook."""
+    found = []
+    for name, m in net.named_modules():
+        found += [f"{name}.{k}" for k in m.__dict__ if callable(getattr(type(m), k, None)) or k.startswith("_zoo")]
+        found += [f"{name}.{hooks}" for hooks in ("_forward_pre_hooks", "_forward_hooks", "_backward_hooks",
+                                                  "_backward_pre_hooks") if getattr(m, hooks)]
+    return found
+
+
+def fused_attn_flags(net: nn.Module) -> list[bool]:
+    return [m.fused_attn for m in net.modules() if hasattr(m, "fused_attn")]
+
+
+def test_remove_fast_kernels_gives_back_the_vanilla_modules():
+    torch.manual_seed(0)
+    for arch, kw in (("resnet18", {}), ("vit_tiny_patch16_224", dict(img_size=32, patch_size=4))):
+        plain = timm.create_model(arch, num_classes=0, **kw).train()
+        net = use_fast_kernels(copy.deepcopy(plain))
+        twin = copy.deepcopy(net)                         # an EMA teacher copied after the install
+        x = torch.randn(2, 3, 32, 32)
+        net(x)                                            # the attention hook has set fused_attn
+        assert instance_patches(net) and instance_patches(twin)          # the check sees the patches
+        for m in (net, twin):
+            remove_fast_kernels(m)
+            assert instance_patches(m) == [], arch
+            assert [sorted(a.__dict__) for a in m.modules()] == [sorted(a.__dict__) for a in plain.modules()]
+            assert fused_attn_flags(m) == fused_attn_flags(plain)
+            torch.manual_seed(1)
+            out = m(x)
+            torch.manual_seed(1)
+            assert torch.equal(out, plain(x)), arch       # training mode: timm's own kernels again
+        remove_fast_kernels(net)                          # and on a plain module: nothing to do
+        assert instance_patches(net) == []
+
+
+def test_fast_kernels_context_installs_and_removes_even_on_error():
+    net = timm.create_model("resnet18", num_classes=0)
+    with pytest.raises(RuntimeError):
+        with fast_kernels(net):
+            assert "_conv_forward" in net.layer4[0].conv1.__dict__
+            raise RuntimeError("stop")
+    assert instance_patches(net) == []
+
+
+def test_model_classes_install_no_kernels():
+    """The kernels are the loop's (train/pretrain.py, benchmarks/): neither a Pretrainer's forward
+    nor zoo.create_model patches a module."""
     import zoo
     p = zoo.create_pretrainer("simclr_resnet18")
-    assert "_conv_forward" not in p.backbone.layer4[0].conv1.__dict__
     p([torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)]).backward()
-    assert "_conv_forward" in p.backbone.layer4[0].conv1.__dict__
-    exported = p.exported_backbone()
-    assert all(type(m) in (nn.Conv2d,) for m in exported.modules() if isinstance(m, nn.Conv2d))
+    assert instance_patches(p.backbone) == []
+    assert instance_patches(zoo.create_model("simclr_resnet18")) == []
+
+
+VANILLA_LOAD = """
+import sys, timm, torch
+from safetensors.torch import load_file
+net = timm.create_model("local-dir:" + sys.argv[1], pretrained=True).eval()
+io = load_file(sys.argv[2])
+assert torch.equal(net(io["x"]), io["y"]), "vanilla timm computes other features"
+assert not any(m.startswith("zoo") for m in sys.modules), "the zoo was imported"
+print(type(net).__name__)
+"""
+
+
+@pytest.mark.parametrize("recipe", ["simclr_resnet18.fmnist", "mae_vit_tiny_patch4_32.fmnist",
+                                    "extrema_vit_tiny_patch4_32.fmnist"])
+def test_loop_trains_with_the_kernels_and_exports_a_plain_timm_module(tmp_path, monkeypatch, recipe):
+    """A few steps of train/pretrain.py: the steps run with the kernels installed; the exported
+    backbone of the returned pretrainer is the plain timm module, and vanilla timm (a process
+    without the zoo) loads it from a Hub-layout folder with the same features."""
+    from accelerate.state import AcceleratorState
+    from timm.models._hub import save_for_hf
+    from train import pretrain
+    from zoo.registry import get_method
+
+    seen = []
+
+    def observed_step(accelerator, model, *args, **kwargs):
+        seen.append(instance_patches(accelerator.unwrap_model(model).exported_backbone()))
+        return real_step(accelerator, model, *args, **kwargs)
+    real_step = pretrain.train_step
+    monkeypatch.setattr(pretrain, "train_step", observed_step)
+    try:
+        pretrainer = pretrain.main(["--recipe", str(ROOT / "recipes" / f"{recipe}.yaml"), "data=scenes",
+                                    "data_args={length: 16}", "limit_train=0", "batch_size=8", "max_steps=2",
+                                    "num_workers=0", "ckpt_every=0", "log_every=1", f"run_dir={tmp_path / 'run'}"])
+    finally:   # the in-process Accelerator's state must not leak into later tests' Accelerators
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert len(seen) == 2 and all(seen), "the loop's steps ran without the CPU kernels"
+
+    exported = pretrainer.exported_backbone()
+    assert instance_patches(exported) == []
+    entry = get_method(pretrainer_name := recipe.split(".")[0])
+    vanilla = timm.create_model(entry.timm_arch, num_classes=0, **entry.model_args)
+    assert fused_attn_flags(exported) == fused_attn_flags(vanilla), pretrainer_name
+    assert [sorted(m.__dict__) for m in exported.modules()] == [sorted(m.__dict__) for m in vanilla.modules()]
+
+    # the Hub layout, written by timm itself (safetensors wants the default memory format)
+    folder = tmp_path / "hub"
+    exported = exported.float().eval().to(memory_format=torch.contiguous_format)
+    save_for_hf(exported, str(folder), model_args=entry.model_args, safe_serialization=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        safetensors.torch.save_file({"x": x, "y": exported(x).contiguous()}, str(tmp_path / "io.safetensors"))
+    done = subprocess.run([sys.executable, "-c", VANILLA_LOAD, str(folder), str(tmp_path / "io.safetensors")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == type(vanilla).__name__
 
 
 def test_attention_plain_path_in_training_on_cpu_matches_fused():
