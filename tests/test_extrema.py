@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import zoo
 from zoo.backbones import vit_tokens
 from zoo.methods.extrema import EXPORT_ARGS, ExtreMAPretrainer
-from zoo.objectives import sincos_pos_embed
+from zoo.layers import sincos_pos_embed
 from zoo.registry import get_method
 
 NAME = "extrema_vit_tiny_patch4_32"

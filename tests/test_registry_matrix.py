@@ -8,9 +8,14 @@ exactly the parameters of `parameters_of(phase)` hold a gradient (no other param
 `update(progress)` runs; `exported_backbone()` has exactly the state-dict keys and shapes of
 `timm.create_model(entry.timm_arch, num_classes=0, **entry.model_args)`.
 
+The matrix reads the method facts from the registry entry (`num_views`, `takes_img_size`), never
+a method name or class: a one-view method that is not MAE steps here too (`OneViewSimCLR`).
+
 The 224-px ViT-S/B pairs are marked slow except the default objective's encoder phase, so the
 default run still builds and steps every name.
 """
+import contextlib
+import inspect
 import warnings
 
 import pytest
@@ -18,9 +23,11 @@ import timm
 import torch
 
 import zoo
-from zoo.backbones import is_vit
-from zoo.objectives import MAE
-from zoo.registry import METHODS
+from zoo.backbones import create_backbone, is_vit
+from zoo.maskers import RandomMasker
+from zoo.objectives import create_objective
+from zoo.pretrainer import Pretrainer
+from zoo.registry import METHODS, register_method
 
 CNN_SIZE = 32            # ResNets have no size of their own: the CPU-scale input
 BATCH = 2
@@ -42,32 +49,40 @@ def _cases():
                 yield pytest.param(name, objective, "all", id=f"{name}-{objective}")
 
 
-def _build(name, objective, device=None):
+def image_size(entry):
+    """The arch's own input size (a ViT's), else the CPU-scale CNN input; no model is built."""
+    with torch.device("meta"):
+        net = create_backbone(entry.arch)
+    return net.patch_embed.img_size[0] if is_vit(net) else CNN_SIZE
+
+
+def _build(name, objective):
     entry = METHODS[name]
-    kwargs = {}
-    if entry.method in ("adios", "adios_s") and not entry.arch.startswith("vit"):
-        kwargs["img_size"] = CNN_SIZE
+    kwargs = {"img_size": image_size(entry)} if entry.takes_img_size else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")      # AutoMAE's random attention source warns (tests only)
-        if device is None:
-            return zoo.create_pretrainer(name, objective=objective, **kwargs)
-        with torch.device(device):
-            return zoo.create_pretrainer(name, objective=objective, **kwargs)
+        return zoo.create_pretrainer(name, objective=objective, **kwargs)
 
 
-def _views(p):
-    size = p.backbone.patch_embed.img_size[0] if is_vit(p.backbone) else CNN_SIZE
-    n = 1 if isinstance(p.objective, MAE) else 2
+def _views(entry):
+    size = image_size(entry)
     g = torch.Generator().manual_seed(0)
-    return [torch.randn(BATCH, 3, size, size, generator=g) for _ in range(n)]
+    return [torch.randn(BATCH, 3, size, size, generator=g) for _ in range(entry.num_views)]
 
 
 @pytest.mark.parametrize("name,objective,scope", list(_cases()))
 def test_every_name_every_objective_every_phase(name, objective, scope):
+    step_every_phase(name, objective, scope)
+
+
+def step_every_phase(name, objective, scope="all"):
     torch.manual_seed(0)
+    entry = METHODS[name]
     p = _build(name, objective)
     p.train()
-    views = _views(p)
+    views = _views(entry)
+    assert p.phases == entry.phases and p.num_views == entry.num_views
+    assert p.masked_views == entry.masked_views(objective) or p.masker is None
     phases = {"all": p.phases, "first": p.phases[:1], "rest": p.phases[1:]}[scope]
     names = {id(q): n for n, q in p.named_parameters()}
     for phase in phases:
@@ -93,6 +108,115 @@ def _check_export(name, p):
     want = {k: tuple(v.shape) for k, v in plain.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in p.exported_backbone().state_dict().items()}
     assert got == want
+
+
+# ------------------------------------------------------------- a method the matrix has not seen
+
+class OneViewSimCLR(Pretrainer):
+    """One view per step, not MAE: SimCLR between the view and a random-patch-masked copy of it
+    (the second "view" is made inside). Refuses two views, so the matrix must read `num_views`."""
+
+    num_views, masked_views = 1, (0,)
+
+    def forward(self, views, phase="encoder"):
+        if phase != "encoder":
+            raise self.no_phase(phase)
+        if len(views) != 1:
+            raise ValueError(f"OneViewSimCLR takes one view, got {len(views)}")
+        with torch.no_grad():
+            hidden = self.masker(views[0])
+        return self.objective(self.backbone, [views[0], views[0]], [None, hidden])
+
+
+@contextlib.contextmanager
+def one_view_method():
+    """Register `oneview_resnet18` (takes an img_size too, unused but declared); removed on exit."""
+    @register_method("oneview", archs=("resnet18", "vit_tiny_patch4_32"), pretrainer=OneViewSimCLR,
+                     base="simclr", masked_views=(0,), takes_img_size=True)
+    def oneview(arch, img_size=None, **objective_args):
+        backbone = create_backbone(arch)
+        objective = create_objective("simclr", backbone, **objective_args)
+        return OneViewSimCLR(backbone, objective, RandomMasker(4 if is_vit(backbone) else 8, 0.5))
+    try:
+        yield ("oneview_resnet18", "oneview_vit_tiny_patch4_32")
+    finally:
+        for name in ("oneview_resnet18", "oneview_vit_tiny_patch4_32"):
+            METHODS.pop(name, None)
+
+
+def test_a_one_view_method_that_is_not_mae_steps_in_the_matrix():
+    with one_view_method() as names:
+        for name in names:
+            entry = METHODS[name]
+            assert entry.num_views == 1 and entry.masked_views() == (0,) and entry.takes_img_size
+            step_every_phase(name, None)
+        with pytest.raises(ValueError, match="takes one view"):     # the facts are what it needs
+            zoo.create_pretrainer(names[0], img_size=CNN_SIZE)(_views(METHODS["simclr_resnet18"]))
+
+
+def test_method_facts_on_the_entry_match_the_built_pretrainer():
+    for name in ("simclr_resnet18", "randmask_resnet18", "mae_vit_tiny_patch4_32",
+                 "automae_vit_tiny_patch4_32", "adios_resnet18", "extrema_vit_tiny_patch4_32"):
+        entry = METHODS[name]
+        for objective in entry.objectives or (None,):
+            p = _build(name, objective)
+            assert entry.phases == p.phases and entry.phase_modules == p.phase_modules
+            assert entry.num_views == p.num_views
+            assert entry.masked_views(objective) == (p.masked_views if p.masker is not None else ())
+            for phase in p.phases:                  # the declared modules are what each phase steps
+                declared = [q for n in entry.phase_modules[phase] for q in p.get_submodule(n).parameters()
+                            if q.requires_grad]
+                assert [id(q) for q in p.parameters_of(phase)] == [id(q) for q in declared]
+    assert METHODS["adios_resnet18"].masked_views("simsiam") == (0, 1)
+    assert METHODS["adios_resnet18"].masked_views() == (1,)                   # SimCLR, the default
+    assert METHODS["simclr_resnet18"].masked_views() == ()
+    assert [e.method for e in METHODS.values() if e.takes_img_size] and \
+        all(e.method.startswith("adios") for e in METHODS.values() if e.takes_img_size)
+
+
+def test_entry_arguments_are_the_factory_keywords_and_the_objective_knobs():
+    adios = METHODS["adios_resnet18"]
+    assert {"num_masks", "img_size", "temperature", "pred_hidden_dim", "simsiam_terms"} <= set(adios.arguments)
+    assert adios.arguments["temperature"] is None             # None: the chosen objective's default
+    simclr = METHODS["simclr_resnet18"].arguments
+    assert simclr == {"proj_hidden_dim": 2048, "proj_output_dim": 256, "temperature": 0.2}
+    assert METHODS["byol_resnet18"].arguments["base_tau"] == 0.99
+    # the factory's signature lists the same keywords (train/recipe.py reads it), no **kwargs
+    params = inspect.signature(adios.factory).parameters
+    assert set(params) - {"arch", "objective"} == set(adios.arguments)
+    assert all(q.kind != q.VAR_KEYWORD for q in params.values())
+    # an unknown keyword is named, with the close ones and the valid ones
+    with pytest.raises(ValueError, match=r"adios_resnet18 has no argument 'num_mask'\. Did you mean 'num_masks'"):
+        zoo.create_pretrainer("adios_resnet18", num_mask=3)
+    with pytest.raises(ValueError, match=r"simclr_resnet18 has no argument 'temperatur'.*Valid: .*temperature"):
+        zoo.create_pretrainer("simclr_resnet18", temperatur=0.1)
+    # a knob of another base objective than the chosen one
+    with pytest.raises(ValueError, match="objective 'byol' has no option temperature"):
+        zoo.create_pretrainer("adios_resnet18", objective="byol", img_size=32, temperature=0.1)
+
+
+def test_knobs_reach_the_objective_with_the_defaults_unchanged():
+    p = zoo.create_pretrainer("simclr_resnet18", temperature=0.5)
+    assert p.objective.temperature == 0.5 and p.objective.projector[0].out_features == 2048
+    p = zoo.create_pretrainer("randmask_resnet18", objective="byol", pred_hidden_dim=64, base_tau=None)
+    assert p.objective.predictor[0].out_features == 64 and p.objective.base_tau == 0.99
+    p = zoo.create_pretrainer("adios_resnet18", objective="simsiam", img_size=32, mask_fbase=8,
+                              simsiam_terms=["mask", "both"])
+    assert p.objective.terms == ("mask", "both") and p.masked_views == (0, 1)
+    assert zoo.create_pretrainer("simsiam_resnet18").objective.predictor[0].out_features == 512
+
+
+def test_a_factory_with_unknown_kwargs_or_a_missing_phase_module_is_refused_at_registration():
+    with pytest.raises(TypeError, match="base objective's knobs"):
+        register_method("zzbad", archs=("resnet18",))(lambda arch, **kw: None)
+    with pytest.raises(TypeError, match="no img_size"):
+        register_method("zzbad", archs=("resnet18",), takes_img_size=True)(lambda arch: None)
+    with pytest.raises(TypeError, match="phase_modules"):
+        type("TwoPhase", (Pretrainer,), {"phases": ("encoder", "masker")})
+    assert not [n for n in METHODS if n.startswith("zzbad")]
+    p = zoo.create_pretrainer("adios_resnet18", img_size=32, mask_fbase=8)
+    with pytest.raises(ValueError, match="no phase 'maskr'.*Did you mean 'masker'"):
+        p.parameters_of("maskr")
 
 
 def test_matrix_covers_the_design_names():

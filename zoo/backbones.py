@@ -27,12 +27,12 @@ Example:
 """
 from __future__ import annotations
 
-import difflib
-
 import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from zoo.suggest import did_you_mean
 
 # zoo arch name -> (timm arch, model_args). The small variants are named the timm way and stay
 # constructible by vanilla timm from `config.json` (`architecture` + `model_args`).
@@ -56,9 +56,7 @@ ARCHS: dict[str, tuple[str, dict]] = {
 def arch_config(arch: str) -> tuple[str, dict]:
     """(timm arch, model_args) of a zoo arch name; unknown names get close matches."""
     if arch not in ARCHS:
-        close = difflib.get_close_matches(arch, ARCHS, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"Unknown backbone {arch!r}.{hint} Known: {', '.join(ARCHS)}.")
+        raise ValueError(f"Unknown backbone {arch!r}.{did_you_mean(arch, ARCHS)} Known: {', '.join(ARCHS)}.")
     timm_arch, model_args = ARCHS[arch]
     return timm_arch, dict(model_args)
 

@@ -1,4 +1,5 @@
-"""Base objectives: SimCLR, BYOL, SimSiam and MAE, with the ADIOS mask wiring.
+"""Base objectives: SimCLR, BYOL, SimSiam and MAE, with the ADIOS mask wiring (the losses are in
+zoo/losses.py, the heads, EMA and position helpers in zoo/layers.py).
 
 Each objective is an `nn.Module` that owns its heads (and EMA teacher, if any) and is called as
 
@@ -55,120 +56,30 @@ Deviations from the references, and why:
 from __future__ import annotations
 
 import copy
-import difflib
-import math
+import inspect
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from timm.layers import LayerNorm, build_sincos2d_pos_embed
+from timm.layers import LayerNorm
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from zoo.backbones import encode, ids_keep_from_mask, is_vit, patch_grid, vit_tokens
+# The losses and layers live in zoo/losses.py and zoo/layers.py. Their names are also importable
+# from here, where they lived before the split, for the files that still import them so
+# (zoo/methods/hpm.py: ema_, xavier_init_; tests/nt_xent_worker.py: nt_xent; tests/test_objectives.py).
+from zoo.layers import (cosine_momentum, ema_, fix_sincos_pos_embed_, mlp, sincos_pos_embed,  # noqa: F401
+                        xavier_init_)
+from zoo.losses import byol_loss, neg_cosine, nt_xent  # noqa: F401
+from zoo.suggest import did_you_mean
 
-__all__ = ["SimCLR", "BYOL", "SimSiam", "MAE", "OBJECTIVES", "create_objective", "nt_xent",
-           "byol_loss", "neg_cosine", "mlp", "ema_", "cosine_momentum", "sincos_pos_embed",
-           "fix_sincos_pos_embed_", "xavier_init_"]
+__all__ = ["SimCLR", "BYOL", "SimSiam", "MAE", "OBJECTIVES", "OBJECTIVE_ARGS", "objective_args",
+           "create_objective"]
 
 
 # --------------------------------------------------------------------------------------------
-# Shared helpers
+# Mask wiring shared by the siamese objectives
 # --------------------------------------------------------------------------------------------
-
-def mlp(dims: Sequence[int], norm: type[nn.Module] | None = None, act: type[nn.Module] = nn.ReLU,
-        hidden_bias: bool = True, out_norm: nn.Module | None = None) -> nn.Sequential:
-    """Linear(dims[0], dims[1]) [-norm] -act ... Linear(dims[-2], dims[-1]) [-out_norm].
-
-    Example: BYOL's projector is `mlp([512, 4096, 256], nn.BatchNorm1d)`.
-    """
-    layers: list[nn.Module] = []
-    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
-        last = i == len(dims) - 2
-        layers.append(nn.Linear(d_in, d_out, bias=(out_norm is None) if last else hidden_bias))
-        if not last:
-            layers += ([norm(d_out)] if norm is not None else []) + [act()]
-    if out_norm is not None:
-        layers.append(out_norm)
-    return nn.Sequential(*layers)
-
-
-@torch.no_grad()
-def ema_(teacher: nn.Module, student: nn.Module, m: float) -> None:
-    """teacher <- m * teacher + (1 - m) * student, over parameters.
-
-    Buffers (BatchNorm running statistics) stay the teacher's own, as in BYOL / solo-learn, where
-    the momentum network runs in train mode and keeps its own statistics.
-    """
-    t_params, s_params = list(teacher.parameters()), list(student.parameters())
-    if len(t_params) != len(s_params):
-        raise ValueError(f"EMA teacher has {len(t_params)} parameter tensors, student {len(s_params)}")
-    for t, s in zip(t_params, s_params):
-        if t.shape != s.shape:
-            raise ValueError(f"EMA shape mismatch: teacher {tuple(t.shape)} vs student {tuple(s.shape)}")
-        t.lerp_(s.detach().to(t.dtype), 1.0 - m)
-
-
-def cosine_momentum(progress: float, base: float, final: float = 1.0) -> float:
-    """EMA momentum, cosine from `base` (progress 0) to `final` (progress 1).
-
-    tau = final - (final - base) * (cos(pi * progress) + 1) / 2  (BYOL; solo-learn's
-    MomentumUpdater; ExtreMA's adjust_ema_momentum with progress = epoch / epochs).
-    """
-    p = min(max(float(progress), 0.0), 1.0)
-    return final - (final - base) * (math.cos(math.pi * p) + 1) / 2
-
-
-def sincos_pos_embed(grid: tuple[int, int], dim: int) -> Tensor:
-    """MAE's fixed 2-D sin-cos position table (h*w, dim), row-major tokens.
-
-    Channels [sin(x w), cos(x w), sin(y w), cos(y w)], x = column, y = row, w_i = 10000^(-i/(dim/4)),
-    exactly MAE's `get_2d_sincos_pos_embed` (built from timm's table, whose channel order is
-    [sin y, sin x, cos y, cos x], by a fixed reordering of its four quarters).
-    """
-    if dim % 4:
-        raise ValueError(f"sin-cos position embedding needs dim divisible by 4, got {dim}")
-    table = build_sincos2d_pos_embed(list(grid), dim)          # (h*w, dim)
-    q = table.view(-1, 4, dim // 4)                            # quarters: sin y, sin x, cos y, cos x
-    return q[:, [1, 3, 0, 2]].reshape(-1, dim)
-
-
-@torch.no_grad()
-def fix_sincos_pos_embed_(vit: nn.Module) -> None:
-    """Write the fixed sin-cos table into a timm ViT's `pos_embed` and freeze it (MAE, ExtreMA).
-
-    Prefix (CLS) positions, if the table has them, get zeros (MAE's `cls_token=True` row).
-    """
-    pos = vit.pos_embed                                        # (1, [prefix +] L, D)
-    table = sincos_pos_embed(patch_grid(vit), pos.shape[-1]).to(pos)
-    pos.zero_()
-    pos[0, pos.shape[1] - table.shape[0]:] = table
-    pos.requires_grad_(False)
-
-
-@torch.no_grad()
-def xavier_init_(module: nn.Module) -> None:
-    """MAE / ExtreMA / MoCo-v3-style init: xavier-uniform Linear (bias 0), LayerNorm (1, 0), a
-    ViT's patch-embedding conv xavier-uniform as if it were a Linear, CLS/mask tokens N(0, 0.02)."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-    if is_vit(module):
-        w = module.patch_embed.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        if module.patch_embed.proj.bias is not None:
-            nn.init.zeros_(module.patch_embed.proj.bias)
-    for name in ("cls_token", "mask_token"):
-        token = getattr(module, name, None)
-        if isinstance(token, nn.Parameter):
-            nn.init.normal_(token, std=0.02)
-
 
 def _num_copies(masks: Sequence[Tensor | None]) -> int:
     ks = {m.shape[1] for m in masks if m is not None}
@@ -201,55 +112,6 @@ def _embed(backbone: nn.Module, head: nn.Module, x: Tensor, mask: Tensor | None)
 def _copy(z: Tensor, K: int) -> Tensor:
     """(B, 1 or K, D) -> (B, K, D): an unmasked view stands for each of the K copies."""
     return z.expand(-1, K, -1)
-
-
-# --------------------------------------------------------------------------------------------
-# Losses (fp32)
-# --------------------------------------------------------------------------------------------
-
-def _gather(z: Tensor) -> tuple[Tensor, int]:
-    """All processes' rows (gradient-carrying) and this process's offset in them."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        from torch.distributed.nn.functional import all_gather
-        return torch.cat(all_gather(z), 0), dist.get_rank() * z.shape[0]
-    return z, 0
-
-
-def nt_xent(z1: Tensor, z2: Tensor, temperature: float, gather_distributed: bool = True) -> Tensor:
-    """NT-Xent (SimCLR), mean over the 2B local anchors.
-
-    For anchor z1_i the positive is z2_i; the negatives are every other embedding of both views,
-    gathered over all processes when torch.distributed is initialised (all_gather with gradient:
-    each process's loss reaches every process's embeddings; DDP's gradient averaging then gives
-    the gradient of the global mean).
-    """
-    z1, z2 = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
-    B = z1.shape[0]
-    if gather_distributed:
-        bank1, offset = _gather(z1)
-        bank2, _ = _gather(z2)
-    else:
-        bank1, bank2, offset = z1, z2, 0
-    N = bank1.shape[0]
-    logits = torch.cat([z1, z2]) @ torch.cat([bank1, bank2]).T / temperature   # (2B, 2N)
-    idx = torch.arange(B, device=z1.device) + offset
-    self_col = torch.cat([idx, idx + N])
-    pos_col = torch.cat([idx + N, idx])
-    rows = torch.arange(2 * B, device=z1.device)
-    self_mask = torch.zeros_like(logits, dtype=torch.bool)
-    self_mask[rows, self_col] = True
-    logits = logits.masked_fill(self_mask, float("-inf"))
-    return F.cross_entropy(logits, pos_col)
-
-
-def byol_loss(p: Tensor, z: Tensor) -> Tensor:
-    """2 - 2 cos(p, sg(z)) per row (= ||p/|p| - z/|z|||^2), over the last dim."""
-    return 2 - 2 * F.cosine_similarity(p.float(), z.detach().float(), dim=-1)
-
-
-def neg_cosine(p: Tensor, z: Tensor) -> Tensor:
-    """-cos(p, sg(z)) per row (SimSiam's D), over the last dim."""
-    return -F.cosine_similarity(p.float(), z.detach().float(), dim=-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -456,18 +318,39 @@ class MAE(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 OBJECTIVES = {"simclr": SimCLR, "byol": BYOL, "simsiam": SimSiam}
-_OPTIONS = {"simclr": {"proj_hidden_dim", "proj_output_dim", "temperature"},
-            "byol": {"proj_hidden_dim", "proj_output_dim", "pred_hidden_dim", "base_tau"},
-            "simsiam": {"proj_hidden_dim", "proj_output_dim", "pred_hidden_dim", "simsiam_terms"}}
+# The one list of the knobs a method passes to its base objective (create_objective; the method
+# factories' **objective_args; recipes' model_args), as the constructors name them, except
+# SimSiam's `terms`, spelt `simsiam_terms` beside a method's own arguments (`_KEYWORD`). The
+# defaults are the constructors' (`objective_args`).
+OBJECTIVE_ARGS = {"simclr": ("proj_hidden_dim", "proj_output_dim", "temperature"),
+                  "byol": ("proj_hidden_dim", "proj_output_dim", "pred_hidden_dim", "base_tau"),
+                  "simsiam": ("proj_hidden_dim", "proj_output_dim", "pred_hidden_dim", "simsiam_terms")}
+_KEYWORD = {"simsiam_terms": "terms"}
 
 
-def create_objective(name: str, backbone: nn.Module, *, proj_hidden_dim: int | None = None,
-                     proj_output_dim: int | None = None, pred_hidden_dim: int | None = None,
-                     temperature: float | None = None, base_tau: float | None = None,
-                     simsiam_terms: Sequence[str] | None = None) -> nn.Module:
-    """A siamese base objective by name; None keeps that objective's default.
+def _unknown_objective(name: str) -> ValueError:
+    return ValueError(f"Unknown objective {name!r}.{did_you_mean(name, OBJECTIVES, n=2)} "
+                      f"Known: {', '.join(OBJECTIVES)}.")
 
-    An option the named objective does not have is an error (e.g. `temperature` for BYOL).
+
+def objective_args(name: str) -> dict:
+    """The knobs of base objective `name` with their defaults, read from its constructor.
+
+    Example:
+        >>> objective_args("simclr")
+        {'proj_hidden_dim': 2048, 'proj_output_dim': 256, 'temperature': 0.2}
+    """
+    if name not in OBJECTIVES:
+        raise _unknown_objective(name)
+    params = inspect.signature(OBJECTIVES[name]).parameters
+    return {knob: params[_KEYWORD.get(knob, knob)].default for knob in OBJECTIVE_ARGS[name]}
+
+
+def create_objective(name: str, backbone: nn.Module, **knobs) -> nn.Module:
+    """A siamese base objective by name, with the knobs of `OBJECTIVE_ARGS[name]`; None keeps
+    that objective's default.
+
+    A knob the named objective does not have is an error (e.g. `temperature` for BYOL).
 
     Example:
         >>> import zoo.backbones as bb
@@ -476,17 +359,11 @@ def create_objective(name: str, backbone: nn.Module, *, proj_hidden_dim: int | N
         8192
     """
     if name not in OBJECTIVES:
-        close = difflib.get_close_matches(name, OBJECTIVES, n=2, cutoff=0.5)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"Unknown objective {name!r}.{hint} Known: {', '.join(OBJECTIVES)}.")
-    given = dict(proj_hidden_dim=proj_hidden_dim, proj_output_dim=proj_output_dim,
-                 pred_hidden_dim=pred_hidden_dim, temperature=temperature, base_tau=base_tau,
-                 simsiam_terms=simsiam_terms)
-    given = {k: v for k, v in given.items() if v is not None}
-    foreign = sorted(set(given) - _OPTIONS[name])
+        raise _unknown_objective(name)
+    given = {k: v for k, v in knobs.items() if v is not None}
+    foreign = sorted(set(given) - set(OBJECTIVE_ARGS[name]))
     if foreign:
-        raise ValueError(f"objective {name!r} has no option {', '.join(foreign)}; "
-                         f"its options: {', '.join(sorted(_OPTIONS[name]))}")
-    if "simsiam_terms" in given:
-        given["terms"] = tuple(given.pop("simsiam_terms"))
-    return OBJECTIVES[name](backbone, **given)
+        raise ValueError(f"objective {name!r} has no option {', '.join(foreign)};"
+                         f"{did_you_mean(foreign[0], OBJECTIVE_ARGS[name])} "
+                         f"its options: {', '.join(sorted(OBJECTIVE_ARGS[name]))}")
+    return OBJECTIVES[name](backbone, **{_KEYWORD.get(k, k): v for k, v in given.items()})

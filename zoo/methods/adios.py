@@ -202,18 +202,25 @@ class ADIOSPretrainer(Pretrainer):
     """
 
     phases = ("encoder", "masker")
+    phase_modules = {"encoder": ("backbone", "objective"), "masker": ("masker",)}
+    BOTH_VIEWS = ("simsiam",)                # the bases whose ADIOS masks both views
 
     def __init__(self, backbone: nn.Module, objective: nn.Module, masker: ADIOSOccluder,
                  single: bool = False, mask_both_views: bool = False):
         super().__init__(backbone, objective, masker)
         self.single, self.mask_both_views = single, mask_both_views
+        self.masked_views = (0, 1) if mask_both_views else (1,)
         self.last_choice: Tensor | None = None
+
+    @classmethod
+    def masked_views_of(cls, objective: str | None = None) -> tuple[int, ...]:
+        return (0, 1) if objective in cls.BOTH_VIEWS else (1,)
 
     def _masks(self, views: Sequence[Tensor]) -> tuple[list[Tensor | None], Tensor]:
         """(masks per view for the objective, the penalty on the occluder's full masks)."""
         if len(views) != 2:
             raise ValueError(f"ADIOS takes two views, got {len(views)}")
-        masked = [0, 1] if self.mask_both_views else [1]
+        masked = self.masked_views
         full = {i: self.masker(views[i]) for i in masked}               # (B, N, H, W) each
         penalty = (sum(self.masker.penalty(full[i]) for i in masked) if self.single
                    else self.masker.penalty(torch.cat([full[i] for i in masked], dim=1)))
@@ -234,7 +241,7 @@ class ADIOSPretrainer(Pretrainer):
                 masks, penalty = self._masks(views)
                 objective = self.objective(self.backbone, views, masks)
             return -objective + penalty            # the occluder maximises the objective
-        raise ValueError(f"{type(self).__name__} has no phase {phase!r}; phases: {self.phases}")
+        raise self.no_phase(phase)
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,7 +259,7 @@ DEFAULT_CNN_IMG_SIZE = 96
 
 def _build(arch: str, objective: str, single: bool, num_masks: int, mask_fbase: int,
            alpha_sparsity: float, alpha_entropy: float, unet_norm: str, img_size: int | None,
-           num_blocks: int | None = None, **objective_knobs) -> ADIOSPretrainer:
+           num_blocks: int | None = None, **objective_args) -> ADIOSPretrainer:
     backbone = create_backbone(arch)
     if is_vit(backbone):
         own = backbone.patch_embed.img_size[0]
@@ -262,27 +269,26 @@ def _build(arch: str, objective: str, single: bool, num_masks: int, mask_fbase: 
         img_size = own
     occluder = ADIOSOccluder(img_size or DEFAULT_CNN_IMG_SIZE, num_masks, mask_fbase,
                              alpha_sparsity, alpha_entropy, unet_norm, num_blocks=num_blocks)
-    base = create_objective(objective, backbone, **objective_knobs)
+    base = create_objective(objective, backbone, **objective_args)
     return ADIOSPretrainer(backbone, base, occluder, single=single,
-                           mask_both_views=objective == "simsiam")
+                           mask_both_views=ADIOSPretrainer.masked_views_of(objective) == (0, 1))
 
 
 @register_method("adios", archs=ARCHS, objectives=OBJECTIVES, paper=PAPER, ours_archs=OURS,
-                 paper_title=PAPER_TITLE, paper_id=PAPER_ID, pretrainer=ADIOSPretrainer)
+                 paper_title=PAPER_TITLE, paper_id=PAPER_ID, pretrainer=ADIOSPretrainer,
+                 takes_img_size=True)
 def adios(arch: str, objective: str = "simclr", num_masks: int = 6, mask_fbase: int = 32,
           alpha_sparsity: float = 1.0, alpha_entropy: float = 0.0, unet_norm: str = "gn",
           img_size: int | None = None, num_blocks: int | None = None,
-          proj_hidden_dim: int | None = None,
-          proj_output_dim: int | None = None, pred_hidden_dim: int | None = None,
-          temperature: float | None = None, base_tau: float | None = None,
-          simsiam_terms: Sequence[str] | None = None) -> ADIOSPretrainer:
+          **objective_args) -> ADIOSPretrainer:
     """ADIOS: N soft masks from a U-Net occluder, trained adversarially against the encoder.
 
     num_masks (N), mask_fbase (c), alpha_sparsity, alpha_entropy, unet_norm ("gn", "in", "no"):
     the reference's flags (defaults: its argparse defaults). img_size: the occluder's input size
     (a ViT's own size; 96 px for ResNets, the paper's). num_blocks: the U-Net depth (None: the
-    reference's default log2(img_size) - 1; its SimSiam scripts set 4 or 5). The rest go to the base objective
-    (`zoo.objectives.create_objective`; None keeps its default, e.g. SimCLR T = 0.2).
+    reference's default log2(img_size) - 1; its SimSiam scripts set 4 or 5). objective_args: the
+    base objective's knobs (`zoo.objectives.OBJECTIVE_ARGS`, e.g. temperature, pred_hidden_dim;
+    unset or None keeps its default, e.g. SimCLR T = 0.2).
 
     Example:
         >>> import zoo
@@ -292,22 +298,18 @@ def adios(arch: str, objective: str = "simclr", num_masks: int = 6, mask_fbase: 
         (('encoder', 'masker'), 6)
     """
     return _build(arch, objective, False, num_masks, mask_fbase, alpha_sparsity, alpha_entropy,
-                  unet_norm, img_size, num_blocks, proj_hidden_dim=proj_hidden_dim,
-                  proj_output_dim=proj_output_dim, pred_hidden_dim=pred_hidden_dim,
-                  temperature=temperature, base_tau=base_tau, simsiam_terms=simsiam_terms)
+                  unet_norm, img_size, num_blocks, **objective_args)
 
 
 # The paper ran ADIOS-s on ResNet-18 only (ImageNet100, 224 px).
 @register_method("adios_s", archs=ARCHS, objectives=OBJECTIVES, paper=PAPER,
                  ours_archs=tuple(a for a in ARCHS if a != "resnet18"),
-                 paper_title=PAPER_TITLE, paper_id=PAPER_ID, pretrainer=ADIOSPretrainer)
+                 paper_title=PAPER_TITLE, paper_id=PAPER_ID, pretrainer=ADIOSPretrainer,
+                 takes_img_size=True)
 def adios_s(arch: str, objective: str = "simclr", num_masks: int = 6, mask_fbase: int = 32,
             alpha_sparsity: float = 1.0, alpha_entropy: float = 0.0, unet_norm: str = "gn",
             img_size: int | None = None, num_blocks: int | None = None,
-            proj_hidden_dim: int | None = None,
-            proj_output_dim: int | None = None, pred_hidden_dim: int | None = None,
-            temperature: float | None = None, base_tau: float | None = None,
-            simsiam_terms: Sequence[str] | None = None) -> ADIOSPretrainer:
+            **objective_args) -> ADIOSPretrainer:
     """ADIOS-s: ADIOS with one uniformly drawn mask per image per phase (one masked copy).
 
     Same parameters as `adios`. The penalty still covers all N masks.
@@ -319,6 +321,4 @@ def adios_s(arch: str, objective: str = "simclr", num_masks: int = 6, mask_fbase
         torch.Size([])
     """
     return _build(arch, objective, True, num_masks, mask_fbase, alpha_sparsity, alpha_entropy,
-                  unet_norm, img_size, num_blocks, proj_hidden_dim=proj_hidden_dim,
-                  proj_output_dim=proj_output_dim, pred_hidden_dim=pred_hidden_dim,
-                  temperature=temperature, base_tau=base_tau, simsiam_terms=simsiam_terms)
+                  unet_norm, img_size, num_blocks, **objective_args)

@@ -62,7 +62,6 @@ Deviations and scale choices:
 """
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -244,6 +243,9 @@ class AutoMAEPretrainer(Pretrainer):
     """
 
     phases = ("discriminator", "encoder")
+    phase_modules = {"discriminator": ("discriminator",),
+                     "encoder": ("backbone", "objective", "masker.generator")}
+    num_views, masked_views = 1, (0,)
 
     def __init__(self, backbone: nn.Module, objective: nn.Module, masker: AutoMAEMasker,
                  loss_g_factor: float = 0.2, prior_mask_factor: float = 0.5):
@@ -252,15 +254,6 @@ class AutoMAEPretrainer(Pretrainer):
             raise ValueError(f"attention source grid {masker.grid} != backbone grid {patch_grid(backbone)}")
         self.discriminator = MaskDiscriminator(masker.grid[0])
         self.loss_g_factor, self.prior_mask_factor = loss_g_factor, prior_mask_factor
-
-    def parameters_of(self, phase: str) -> list[nn.Parameter]:
-        if phase == "discriminator":
-            modules = [self.discriminator]
-        elif phase == "encoder":
-            modules = [self.backbone, self.objective, self.masker.generator]
-        else:
-            raise ValueError(f"{type(self).__name__} has no phase {phase!r}; phases: {self.phases}")
-        return [p for m in modules for p in m.parameters() if p.requires_grad]
 
     def _maps(self, y: Tensor) -> Tensor:
         return y.view(-1, 1, *self.masker.grid)
@@ -281,7 +274,7 @@ class AutoMAEPretrainer(Pretrainer):
                 d = self.discriminator(self._maps(s.y))
                 loss_g = F.mse_loss(d, torch.ones_like(d))
             return rec + self.loss_g_factor * loss_g
-        raise ValueError(f"{type(self).__name__} has no phase {phase!r}; phases: {self.phases}")
+        raise self.no_phase(phase)
 
 
 def load_attention_source(arch: str, attention_source: str | None) -> nn.Module:

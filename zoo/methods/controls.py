@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from zoo.backbones import create_backbone, is_vit
 from zoo.maskers import BlockMasker, RandomMasker
-from zoo.objectives import BYOL, MAE, SimCLR, SimSiam, create_objective
+from zoo.objectives import BYOL, MAE, create_objective
 from zoo.pretrainer import Pretrainer
 from zoo.registry import register_method
 
@@ -72,35 +72,38 @@ OBJECTIVES = ("simclr", "byol", "simsiam")
 # Plain two-view controls
 # --------------------------------------------------------------------------------------------
 
+# Each factory takes its objective's knobs (zoo.objectives.OBJECTIVE_ARGS, defaults the objective's
+# own) as **objective_args; `base=` tells the registry which objective's, so zoo.create_pretrainer
+# and recipes check them by name. No masker: no view is hidden (masked_views=()).
+
 @register_method("simclr", archs=BASE_ARCHS + ("resnet18_os16",), paper=SIMCLR,
                  ours_archs=("vit_tiny_patch4_32", "resnet18_os16"), paper_id="arXiv:2002.05709",
-                 paper_title="A Simple Framework for Contrastive Learning of Visual Representations (Chen et al., 2020)")
-def simclr(arch: str, proj_hidden_dim: int = 2048, proj_output_dim: int = 256,
-           temperature: float = 0.2) -> Pretrainer:
+                 paper_title="A Simple Framework for Contrastive Learning of Visual Representations (Chen et al., 2020)",
+                 base="simclr", masked_views=())
+def simclr(arch: str, **objective_args) -> Pretrainer:
     """SimCLR: NT-Xent between the two views' projections (negatives gathered across processes)."""
     backbone = create_backbone(arch)
-    return Pretrainer(backbone, SimCLR(backbone, proj_hidden_dim, proj_output_dim, temperature))
+    return Pretrainer(backbone, create_objective("simclr", backbone, **objective_args))
 
 
 @register_method("byol", archs=BASE_ARCHS, paper=BYOL_PAPER, ours_archs=("vit_tiny_patch4_32",),
                  paper_title="Bootstrap Your Own Latent (Grill et al., 2020)", paper_id="arXiv:2006.07733",
-                 exports=BYOL.exported)
-def byol(arch: str, proj_hidden_dim: int = 4096, proj_output_dim: int = 256,
-         pred_hidden_dim: int = 4096, base_tau: float = 0.99) -> Pretrainer:
+                 exports=BYOL.exported, base="byol", masked_views=())
+def byol(arch: str, **objective_args) -> Pretrainer:
     """BYOL: symmetric 2 - 2cos(p, sg(z_teacher)); EMA teacher, tau cosine base_tau -> 1."""
     backbone = create_backbone(arch)
-    return Pretrainer(backbone, BYOL(backbone, proj_hidden_dim, proj_output_dim, pred_hidden_dim, base_tau))
+    return Pretrainer(backbone, create_objective("byol", backbone, **objective_args))
 
 
 @register_method("simsiam", archs=BASE_ARCHS, paper=SIMSIAM,
                  ours_archs=("vit_tiny_patch4_32", "vit_small_patch16_224", "vit_base_patch16_224"),
                  paper_title="Exploring Simple Siamese Representation Learning (Chen & He, 2021)",
-                 paper_id="arXiv:2011.10566")
-def simsiam(arch: str, proj_hidden_dim: int = 2048, proj_output_dim: int = 2048,
-            pred_hidden_dim: int = 512) -> Pretrainer:
-    """SimSiam: symmetric -cos(p, sg(z)), averaged over the two directions."""
+                 paper_id="arXiv:2011.10566", base="simsiam", masked_views=())
+def simsiam(arch: str, **objective_args) -> Pretrainer:
+    """SimSiam: symmetric -cos(p, sg(z)), averaged over the two directions (`simsiam_terms` only
+    matter with masks: without them every term set is this loss)."""
     backbone = create_backbone(arch)
-    return Pretrainer(backbone, SimSiam(backbone, proj_hidden_dim, proj_output_dim, pred_hidden_dim))
+    return Pretrainer(backbone, create_objective("simsiam", backbone, **objective_args))
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,9 +113,11 @@ def simsiam(arch: str, proj_hidden_dim: int = 2048, proj_output_dim: int = 2048,
 class MAEPretrainer(Pretrainer):
     """ViT + MAE decoder; the encoder phase hides `masker(x)` of its single view."""
 
+    num_views, masked_views = 1, (0,)
+
     def forward(self, views: Sequence[Tensor], phase: str = "encoder") -> Tensor:
         if phase != "encoder":
-            raise ValueError(f"{type(self).__name__} has no phase {phase!r}; phases: {self.phases}")
+            raise self.no_phase(phase)
         if len(views) != 1:
             raise ValueError(f"MAE takes one view per image, got {len(views)}")
         with torch.no_grad():
@@ -153,7 +158,7 @@ def _mask_patch_size(backbone: nn.Module, mask_patch_size: int | None) -> int:
 
 
 def _masked_control(arch: str, objective: str, masker_factory, mask_patch_size: int | None,
-                    **objective_args) -> Pretrainer:
+                    objective_args: dict) -> Pretrainer:
     backbone = create_backbone(arch)
     masker = masker_factory(_mask_patch_size(backbone, mask_patch_size))
     return Pretrainer(backbone, create_objective(objective, backbone, **objective_args), masker)
@@ -163,16 +168,11 @@ def _masked_control(arch: str, objective: str, masker_factory, mask_patch_size: 
                  ours_archs=MASK_ARCHS[1:], paper_id="arXiv:2201.13100",
                  paper_title="Random patch masks, the control of ADIOS (Shi et al., 2022)")
 def randmask(arch: str, objective: str = "simclr", mask_ratio: float = 0.75, num_masks: int = 1,
-             mask_patch_size: int | None = None, proj_hidden_dim: int | None = None,
-             proj_output_dim: int | None = None, pred_hidden_dim: int | None = None,
-             temperature: float | None = None, base_tau: float | None = None,
-             simsiam_terms: Sequence[str] | None = None) -> Pretrainer:
-    """Base objective with view 2 hidden by random patches (MAE-style, 75 %); None = base default."""
-    return _masked_control(
-        arch, objective, lambda p: RandomMasker(p, mask_ratio, num_masks), mask_patch_size,
-        proj_hidden_dim=proj_hidden_dim, proj_output_dim=proj_output_dim,
-        pred_hidden_dim=pred_hidden_dim, temperature=temperature, base_tau=base_tau,
-        simsiam_terms=simsiam_terms)
+             mask_patch_size: int | None = None, **objective_args) -> Pretrainer:
+    """Base objective with view 2 hidden by random patches (MAE-style, 75 %); objective_args: the
+    base's knobs (zoo.objectives.OBJECTIVE_ARGS; None = base default)."""
+    return _masked_control(arch, objective, lambda p: RandomMasker(p, mask_ratio, num_masks),
+                           mask_patch_size, objective_args)
 
 
 @register_method("blockmask", archs=MASK_ARCHS, objectives=OBJECTIVES, paper=MASK_BASELINES,
@@ -180,14 +180,10 @@ def randmask(arch: str, objective: str = "simclr", mask_ratio: float = 0.75, num
                  paper_title="Block masks, the control of ADIOS (Shi et al., 2022)")
 def blockmask(arch: str, objective: str = "simclr", mask_ratio: float = 0.3, num_masks: int = 1,
               mask_patch_size: int | None = None, min_block_patches: int = 4,
-              min_aspect: float = 0.3, proj_hidden_dim: int | None = None,
-              proj_output_dim: int | None = None, pred_hidden_dim: int | None = None,
-              temperature: float | None = None, base_tau: float | None = None,
-              simsiam_terms: Sequence[str] | None = None) -> Pretrainer:
-    """Base objective with view 2 hidden by BEiT-style blocks (>= 30 %, exact count); None = base default."""
+              min_aspect: float = 0.3, **objective_args) -> Pretrainer:
+    """Base objective with view 2 hidden by BEiT-style blocks (>= 30 %, exact count); objective_args
+    as `randmask`."""
     return _masked_control(
         arch, objective,
         lambda p: BlockMasker(p, mask_ratio, num_masks, min_block_patches, min_aspect=min_aspect),
-        mask_patch_size, proj_hidden_dim=proj_hidden_dim, proj_output_dim=proj_output_dim,
-        pred_hidden_dim=pred_hidden_dim, temperature=temperature, base_tau=base_tau,
-        simsiam_terms=simsiam_terms)
+        mask_patch_size, objective_args)

@@ -54,15 +54,14 @@ import copy
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from timm.layers import LayerNorm
 from timm.models.cait import LayerScaleBlockClassAttn
 from torch import Tensor, nn
 
 from zoo.backbones import create_backbone, ids_keep_from_mask, is_vit, vit_tokens
 from zoo.maskers import MultiMasker
-from zoo.objectives import (byol_loss, cosine_momentum, ema_, fix_sincos_pos_embed_, mlp,
-                            xavier_init_)
+from zoo.layers import cosine_momentum, ema_, fix_sincos_pos_embed_, mlp, xavier_init_
+from zoo.losses import byol_loss
 from zoo.pretrainer import Pretrainer
 from zoo.registry import register_method
 
