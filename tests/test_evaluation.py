@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from zoo.evaluation import (block_masks_like, extract_features, knn_classify, knn_predict,
                             linear_probe, mask_ious, mask_score, random_masks_like, score_masker)
@@ -106,6 +107,43 @@ def test_linear_probe_is_linear():
     f = x * 2 - 1 + 0.05 * torch.randn(400, 2, generator=g)
     out = linear_probe(f[:300], y[:300], f[300:], y[300:], epochs=20)
     assert out["linear_top1"] < 80.0
+
+
+def test_linear_probe_schedule_and_result_by_hand(monkeypatch):
+    """Per step: lr 0.1 * (1 + cos(pi t / T)) / 2 (t = 0 .. T-1), and the result of the protocol
+    written out by hand: standardise, zero init, seed-0 shuffles, SGD with momentum 0.9."""
+    g = torch.Generator().manual_seed(5)
+    n, d, C, epochs, bs = 300, 6, 3, 4, 256
+    f, y = torch.randn(n, d, generator=g), torch.randint(0, C, (n,), generator=g)
+    tf, ty = torch.randn(3000, d, generator=g), torch.randint(0, C, (3000,), generator=g)
+    lrs, step = [], torch.optim.SGD.step
+
+    def spy(self, *a, **k):
+        lrs.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    out = linear_probe(f, y, tf, ty, epochs=epochs, batch_size=bs)
+    T = epochs * math.ceil(n / bs)
+    assert lrs == [0.1 * 0.5 * (1 + math.cos(math.pi * t / T)) for t in range(T)]
+
+    mu, sd = f.mean(0), f.std(0)
+    w, b = torch.zeros(C, d, requires_grad=True), torch.zeros(C, requires_grad=True)
+    bufs, shuffle, t = [None, None], torch.Generator().manual_seed(0), 0
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=shuffle)
+        for start in range(0, n, bs):
+            idx = order[start:start + bs]
+            loss = F.cross_entropy((f[idx] - mu) / sd @ w.T + b, y[idx])
+            grads = torch.autograd.grad(loss, (w, b))
+            with torch.no_grad():
+                for i, (p, gr) in enumerate(zip((w, b), grads)):
+                    bufs[i] = gr.clone() if bufs[i] is None else 0.9 * bufs[i] + gr
+                    p -= lrs[t] * bufs[i]
+            t += 1
+    with torch.no_grad():
+        top1 = [100.0 * float((((x - mu) / sd @ w.T + b).argmax(1) == t).float().mean())
+                for x, t in ((tf, ty), (f, y))]
+    assert [out["linear_top1"], out["linear_train_top1"]] == pytest.approx(top1)
 
 
 def test_linear_probe_is_deterministic():

@@ -237,6 +237,23 @@ def test_truncated_and_corrupt_files(env, tmp_path, monkeypatch):
         zoo.create_model(f"{RESNET}.t1", pretrained=True)
 
 
+def test_corrupt_reasons_name_the_numbers(tmp_path):
+    """safetensors' reader refuses these files; the error says why with the file's own numbers."""
+    path = tmp_path / "w.safetensors"
+    save_file({"w": torch.zeros(4)}, str(path))
+    good = path.read_bytes()
+    assert weights.safetensors_header(path) == {"w": {"dtype": "F32", "shape": [4]}}
+    cases = {good + b"\x00" * 7: "7 trailing bytes after the last tensor",
+             good[:-4]: f"truncated: {len(good) - 4} bytes, the header needs {len(good)}",
+             good[:8] + b"[" + good[9:]: "unreadable safetensors header",
+             struct.pack("<Q", len(good)) + good[8:]: f"header of {len(good)} bytes in a {len(good)}-byte file"}
+    for data, reason in cases.items():
+        path.write_bytes(data)
+        with pytest.raises(weights.CorruptWeightsError) as e:
+            weights.safetensors_header(path)
+        assert reason in str(e.value) and str(path) in str(e.value), (reason, str(e.value))
+
+
 def test_folder_loads_check_the_config_hashes(env, tmp_path):
     folder = copy_release(env, tmp_path)
     assert same_weights(zoo.create_model(str(folder)), env["p_" + RESNET])

@@ -15,10 +15,11 @@ k, T, distance grid; we report the fixed protocol only.)
 
 Linear probe (`linear_probe`), on frozen, unaugmented features: standardise with the train mean
 and std; one Linear layer (zero init) trained with cross-entropy by SGD, momentum 0.9, lr 0.1
-cosine-decayed per step to 0, batch 256, no weight decay, 100 epochs over the train features
-(shuffled with seed 0); no validation split, no early stopping; report the final model's top-1 on
-the test split. (The ADIOS reference trains on augmented images, 100 epochs, step decay; with frozen
-precomputed features augmentation is impossible, cosine replaces the steps.)
+cosine-decayed per step to 0 (timm's `CosineLRScheduler`), batch 256, no weight decay, 100 epochs
+over the train features (shuffled with seed 0); no validation split, no early stopping; report the
+final model's top-1 on the test split. (The ADIOS reference trains on augmented images, 100
+epochs, step decay; with frozen precomputed features augmentation is impossible, cosine replaces
+the steps.)
 
 Mask score (`mask_score`): each mask binarised at 0.5 (hidden where m >= 0.5; masks coarser than
 the image, e.g. patch masks, upsampled with nearest neighbours); for every ground-truth object
@@ -49,9 +50,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from timm.scheduler import CosineLRScheduler
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from zoo import weights
 from zoo.data import collate_skip_bad
 
 
@@ -78,17 +81,9 @@ def load_backbone(source: str, num_classes: int = 0, pretrained: bool = True) ->
             backbone.reset_classifier(num_classes)
         info.update(kind="run", data=recipe.get("data"), image_size=recipe.get("image_size"))
         return backbone, info
-    if source.startswith("local-dir:"):
-        import timm
-        backbone = timm.create_model(source, pretrained=pretrained, num_classes=num_classes)
-        info.update(kind="local-dir")
-    else:
-        import zoo  # lazily: zoo.create_model comes from zoo/factory.py
-        if not hasattr(zoo, "create_model"):
-            raise RuntimeError(f"{source!r} is not a run directory (no recipe.yaml) and this zoo "
-                               "has no create_model to resolve it as a model name.")
-        backbone = zoo.create_model(source, pretrained=pretrained, num_classes=num_classes)
-        info.update(kind="name")
+    # a zoo name, a published folder (`local-dir:` or a path) or `hf-hub:`: the load path of zoo.create_model
+    backbone = weights.resolve(source, pretrained=pretrained).create_model(num_classes=num_classes)
+    info.update(kind="local-dir" if source.startswith("local-dir:") else "name")
     cfg = getattr(backbone, "pretrained_cfg", {}) or {}
     if cfg.get("input_size"):
         info["image_size"] = int(cfg["input_size"][-1])
@@ -207,16 +202,15 @@ def linear_probe(train_f: Tensor, train_y: Tensor, test_f: Tensor, test_y: Tenso
     head = nn.Linear(train_f.shape[1], C).to(device)
     nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)
     opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(len(train_f) / batch_size)
-    total = epochs * steps_per_epoch
+    total = epochs * math.ceil(len(train_f) / batch_size)
+    sched = CosineLRScheduler(opt, t_initial=total, lr_min=0.0, t_in_epochs=False)   # per step, to 0
     gen = torch.Generator().manual_seed(seed)
     step = 0
     for _ in range(epochs):
         order = torch.randperm(len(train_f), generator=gen).to(device)
         for start in range(0, len(train_f), batch_size):
             idx = order[start:start + batch_size]
-            for group in opt.param_groups:  # cosine decay per step, to 0
-                group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
+            sched.step_update(step)
             loss = F.cross_entropy(head(train_f[idx]), train_y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

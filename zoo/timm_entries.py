@@ -10,21 +10,25 @@ name, created here and passed to `timm.models.register_model`. After `import zoo
     ['adios_resnet18.simclr_fmnist']
     >>> m = timm.create_model("adios_resnet18", pretrained=True)      # doctest: +SKIP
 
-The entrypoints call `zoo.factory.build`, so timm's path goes through the zoo's resolution and
-SHA-256 checks; timm's own weight sources (`url`, `hf_hub_id` in these cfgs) are never used to
-load. `sync()` is idempotent and cheap: `zoo/__init__` calls it once the methods are imported, and
-every `zoo.create_model` / `list_models` / `list_pretrained` call repeats it, so a method
-registered later, or a table updated by `publish`, is covered too.
+The entrypoints call `zoo.weights.resolve`, the load path of `zoo.create_model`, so timm's path
+goes through the zoo's resolution and SHA-256 checks; timm's own weight sources (`url`,
+`hf_hub_id` in these cfgs) are never used to load.
+
+When it syncs: `zoo/__init__` once the methods are imported, and the writer of the table
+(`zoo.publish.update_table`) after each write. `zoo.list_models` / `list_pretrained` call it too,
+for methods registered after `import zoo` and a table switched by $ZOO_RELEASED; there it costs
+a `stat` of the table, since `sync` returns at once when neither the registered names nor the
+table file changed since the last sync.
 """
 from __future__ import annotations
 
 import json
 import warnings
 
-from timm.models import generate_default_cfgs, register_model
-from timm.models import _registry as _timm_registry
+from timm.models import generate_default_cfgs, is_model, model_entrypoint, register_model
 
 from zoo import weights
+from zoo.registry import METHODS
 
 __all__ = ["sync"]
 
@@ -32,6 +36,7 @@ __all__ = ["sync"]
 default_cfgs: dict = {}
 _registered: dict[str, str] = {}      # name -> fingerprint of the cfgs it was registered with
 _shadowed: set[str] = set()           # names timm already had from elsewhere (left alone)
+_synced: tuple | None = None          # (registered entries, table file) at the last sync
 
 
 def _cfgs(entry, table: dict) -> dict[str, dict]:
@@ -51,35 +56,67 @@ def _cfgs(entry, table: dict) -> dict[str, dict]:
 def _entrypoint(name: str):
     def create(pretrained: bool = False, pretrained_cfg=None, pretrained_cfg_overlay=None,
                cache_dir=None, **kwargs):
+        # timm passes the tag of "name.tag" as pretrained_cfg
         if pretrained_cfg is not None and not isinstance(pretrained_cfg, str):
             raise ValueError(f"{name}: zoo models take a tag ('{name}.<tag>'), not a pretrained_cfg; to load "
                              "a file of your own use timm.create_model(<timm arch>, pretrained_cfg=...).")
-        from zoo.factory import build
-        return build(name, pretrained_cfg or None, pretrained, cache_dir=cache_dir,
-                     pretrained_cfg_overlay=pretrained_cfg_overlay, **kwargs)
+        source = f"{name}.{pretrained_cfg}" if pretrained_cfg else name
+        return weights.resolve(source, pretrained=pretrained, cache_dir=cache_dir,
+                               cfg_overlay=pretrained_cfg_overlay).create_model(**kwargs)
     create.__name__ = create.__qualname__ = name
     create.__module__ = __name__
-    create.__doc__ = f"Zoo model {name} (see zoo.create_model); built by zoo.factory.build."
+    create.__doc__ = f"Zoo model {name} (see zoo.create_model); resolved by zoo.weights.resolve."
     return create
 
 
 def _unregister(name: str) -> None:
-    _timm_registry._clear_model_entries(name)
-    _timm_registry._model_entrypoints.pop(name, None)
+    """Remove one of our names from timm's registry.
+
+    timm has no public unregister, so this is the one place that touches its private registry
+    dicts (`_clear_model_entries` drops the cfgs, tags and module entry; the entrypoint is popped
+    by hand): needed when a method is unregistered, and before re-registering a name whose cfgs
+    changed, which `register_model` would otherwise do with an "Overwriting" warning.
+    """
+    from timm.models import _registry
+    _registry._clear_model_entries(name)
+    _registry._model_entrypoints.pop(name, None)
     default_cfgs.pop(name, None)
     if name in __all__:
         __all__.remove(name)
     _registered.pop(name, None)
 
 
-def sync(table: dict | None = None) -> None:
-    """Make timm's registry match METHODS and the released table (register, update, drop)."""
-    from zoo.registry import METHODS
+def _table_state() -> tuple:
+    """The table file's identity: publish writes by rename, so a write changes its inode and mtime."""
+    path = weights.table_path()
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return (str(path),)
+    return (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
 
-    table = weights.load_table() if table is None else table
+
+def sync() -> None:
+    """Make timm's registry match METHODS and the released table (register, update, drop).
+
+    Returns at once when neither the registered names nor the table file changed since the last call.
+    """
+    global _synced
+    state = (tuple((name, id(entry)) for name, entry in METHODS.items()), _table_state())
+    if state == _synced:
+        return
+    table = weights.load_table()
     for name in [n for n in _registered if n not in METHODS]:
         _unregister(name)
     for name, entry in list(METHODS.items()):
+        if name in _shadowed:
+            continue
+        if name not in _registered and is_model(name) and model_entrypoint(name).__module__ != __name__:
+            warnings.warn(f"timm already has a model named {name!r} (module "
+                          f"{model_entrypoint(name).__module__}); the zoo model of that name is reachable "
+                          "through zoo.create_model only.", stacklevel=2)
+            _shadowed.add(name)
+            continue
         try:
             cfgs = _cfgs(entry, table)
         except Exception as e:        # one odd registration must not break `import zoo`
@@ -89,15 +126,8 @@ def sync(table: dict | None = None) -> None:
         fingerprint = json.dumps(cfgs, sort_keys=True, default=str)
         if _registered.get(name) == fingerprint:
             continue
-        if name in _shadowed:
-            continue
-        owner = _timm_registry._model_to_module.get(name)
-        if name not in _registered and owner not in (None, __name__.rsplit(".", 1)[-1]):
-            warnings.warn(f"timm already has a model named {name!r} (module {owner}); the zoo model of "
-                          "that name is reachable through zoo.create_model only.", stacklevel=2)
-            _shadowed.add(name)
-            continue
         _unregister(name)
         default_cfgs.update(generate_default_cfgs(cfgs))
         register_model(_entrypoint(name))
         _registered[name] = fingerprint
+    _synced = state

@@ -1,4 +1,4 @@
-"""Released weights: the table, where a file comes from, and the checks every file passes.
+"""Released weights: the table, `resolve` (the one load path) and the checks every file passes.
 
 The table is `zoo/released.json`, one entry per released `"{name}.{tag}"`, in release order (the
 first tag listed for a name is its default, timm's rule):
@@ -15,11 +15,20 @@ first tag listed for a name is its default, timm's rule):
       "license": "apache-2.0", "paper": "..."
     }
 
-Resolution of a file: `weights/<name>.<tag>/<file>` when the repository is at hand (an editable
-install, a clone, a torch.hub checkout: the folder beside the `zoo` package), else the Hub repo of
-the entry through huggingface_hub's cache. Whatever the source, the file is then checked: a
-`.safetensors` file must be structurally whole (its header's byte ranges fit the file), and its
-full SHA-256 must equal the table's. Files are read with safetensors only, never with pickle.
+`resolve(source, file)` is the one load path: `zoo.create_model`, `zoo.create_masker` and the
+timm entrypoints of `zoo.timm_entries` all call it. A source is
+- a zoo name, `{method}_{arch}` (its default tag) or `{method}_{arch}.{tag}`: the table's entry;
+  the file comes from `weights/<name>.<tag>/` when the repository is at hand (an editable install,
+  a clone, a torch.hub checkout: the folder beside the `zoo` package), else from the entry's Hub
+  repo through huggingface_hub's cache;
+- a published folder, `local-dir:PATH` or a path: its config.json (timm's layout) and the hashes
+  its `zoo` block records;
+- a Hub repo, `hf-hub:ORG/NAME[@REVISION]`: downloaded into the cache, then read as a folder, and
+  checked against the table too when the table names that repo.
+Whatever the source, the file is then checked: a `.safetensors` file must be whole (safetensors'
+own reader validates its header against the file), its full SHA-256 must equal the record, and a
+backbone's tensors must fit its architecture (same keys, same shapes). Files are read with
+safetensors only, never with pickle.
 
 Every failure is a `ZooWeightsError` subclass with a message that says what to do.
 
@@ -27,29 +36,41 @@ Example:
     >>> from zoo import weights
     >>> weights.list_released("adios*")                 # doctest: +SKIP
     ['adios_resnet18.simclr_fmnist']
-    >>> path = weights.resolve_file("adios_resnet18.simclr_fmnist", "model.safetensors")  # doctest: +SKIP
+    >>> r = weights.resolve("adios_resnet18.simclr_fmnist", pretrained=True)   # doctest: +SKIP
+    >>> r.file, r.timm_arch                                                    # doctest: +SKIP
+    (PosixPath('.../weights/adios_resnet18.simclr_fmnist/model.safetensors'), 'resnet18')
+    >>> model = r.create_model(num_classes=10)                                 # doctest: +SKIP
 """
 from __future__ import annotations
 
-import difflib
+import dataclasses
 import fnmatch
 import functools
 import hashlib
 import json
 import os
 import struct
+import warnings
 from pathlib import Path
 
 import torch
+from torch import nn
+
+from zoo.registry import METHODS
+from zoo.suggest import close_matches, did_you_mean
 
 TABLE_FILE = Path(__file__).with_name("released.json")
 TABLE_ENV = "ZOO_RELEASED"          # path of another table (tests, private releases)
 WEIGHTS_ENV = "ZOO_WEIGHTS_DIR"     # folder that holds <name>.<tag>/ folders, instead of <repo>/weights
+MODEL_FILE = "model.safetensors"    # the backbone's file in a release (timm's name for it)
 
 # PretrainedCfg keys that point at a weight source: never stored in the table's cfg (the zoo
 # resolves and checks files itself) and never inherited from a timm arch's own cfg, so a missing
 # file cannot silently fall back to timm's supervised weights.
 SOURCE_KEYS = ("url", "file", "state_dict", "hf_hub_id", "hf_hub_filename", "source")
+
+_LOCAL = "local-dir:"
+_HUB = ("hf-hub:", "hf_hub:")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,12 +81,13 @@ class ZooWeightsError(Exception):
 
 
 class UnknownModelError(ZooWeightsError, ValueError):
-    """A name (or name.tag) that is not registered; `.suggestions` holds close matches."""
+    """A name (or name.tag) that is not registered; `.suggestions` holds the close matches among `choices`."""
 
-    def __init__(self, name: str, suggestions: list[str], what: str = "model"):
-        self.name, self.suggestions = name, suggestions
-        hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
-        super().__init__(f"Unknown {what} {name!r}.{hint} See zoo.list_models() and zoo.list_pretrained().")
+    def __init__(self, name: str, choices, what: str = "model"):
+        choices = list(choices)
+        self.name, self.suggestions = name, close_matches(name, choices)
+        super().__init__(f"Unknown {what} {name!r}.{did_you_mean(name, choices)} "
+                         "See zoo.list_models() and zoo.list_pretrained().")
 
 
 class NoReleasedWeightsError(ZooWeightsError, ValueError):
@@ -110,6 +132,11 @@ class ShapeMismatchError(ZooWeightsError, ValueError):
         tail = f" (and {more} more)" if more else ""
         super().__init__(f"Shape mismatch in {file}: {key!r} expected {fmt(expected)}, got {fmt(got)}{tail}. "
                          "The weights were made for a different architecture or model_args.")
+
+
+def suggest(name: str, candidates) -> list[str]:
+    """Close matches of `name` (zoo.suggest's rule); UnknownModelError takes the choices themselves."""
+    return close_matches(name, candidates)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,12 +185,99 @@ def find_release(name: str, tag: str | None = None, table: dict | None = None) -
     return key, table[key]
 
 
-def suggest(name: str, candidates) -> list[str]:
-    return difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
-
-
 # ---------------------------------------------------------------------------------------------
-# Where a file comes from.
+# resolve: the one load path.
+
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """What a source resolves to: the timm backbone to build, its cfg and the checked file."""
+
+    source: str
+    timm_arch: str
+    model_args: dict
+    pretrained_cfg: dict      # timm's cfg (data config); its `file` is the checked backbone file, if loaded
+    num_classes: int          # the head it was published with (0: headless, every zoo release)
+    file: Path | None         # the checked file asked for (None: pretrained=False)
+    pretrainer: dict | None   # {"model", "objective", "model_args"} of the release: what create_masker builds
+
+    def create_model(self, **kwargs) -> nn.Module:
+        """`timm.create_model` of the backbone, loading the checked file if one was resolved.
+
+        kwargs are timm's (`num_classes=N` for a fresh head, `features_only=True`, `in_chans`, ...).
+        """
+        import timm
+        args = {"num_classes": self.num_classes, **self.model_args, **kwargs}
+        return timm.create_model(self.timm_arch, pretrained="file" in self.pretrained_cfg,
+                                 pretrained_cfg=dict(self.pretrained_cfg), **args)
+
+
+def _is_folder(source: str) -> bool:
+    return (source.startswith(_LOCAL) or "/" in source or os.sep in source
+            or (Path(source) / "config.json").is_file())
+
+
+def resolve(source: str, file: str = MODEL_FILE, *, pretrained: bool | None = None,
+            cache_dir: str | os.PathLike | None = None, cfg_overlay: dict | None = None) -> Resolved:
+    """Resolve a zoo name, a published folder or a Hub repo; fetch and check `file` if pretrained.
+
+    source: `"{method}_{arch}"` (default tag), `"{method}_{arch}.{tag}"`, `"local-dir:PATH"` or a
+        path, `"hf-hub:ORG/NAME[@REVISION]"`.
+    file: the release's file to resolve: `model.safetensors` (the backbone; its shapes are checked
+        against the architecture and it becomes the cfg's `file`) or e.g. `masker.safetensors`.
+    pretrained: fetch and check the file. Default: False for names (timm's rule), True for a folder
+        or a Hub repo (the point of naming one).
+    cfg_overlay: keys of timm's pretrained cfg to override (timm's `pretrained_cfg_overlay`); no
+        weight source.
+    """
+    if source.startswith(_HUB):
+        resolved = _from_hub(source.split(":", 1)[1], file, pretrained is not False, cache_dir)
+    elif _is_folder(source):
+        folder = source[len(_LOCAL):] if source.startswith(_LOCAL) else source
+        resolved = _from_folder(source, Path(folder), file, pretrained is not False)
+    else:
+        resolved = _from_table(source, file, bool(pretrained), cache_dir)
+    if cfg_overlay:
+        sources = [k for k in cfg_overlay if k in SOURCE_KEYS]
+        if sources:
+            raise ValueError(f"{source}: pretrained_cfg_overlay may not set a weight source ({sources}); the zoo "
+                             "resolves and checks its own files.")
+        resolved.pretrained_cfg.update(cfg_for_timm(cfg_overlay))
+    return resolved
+
+
+def resolve_file(name_tag: str, filename: str = MODEL_FILE, *,
+                 cache_dir: str | os.PathLike | None = None) -> Path:
+    """Local path of one released file, checked: `resolve(name_tag, filename, pretrained=True).file`."""
+    return resolve(name_tag, filename, pretrained=True, cache_dir=cache_dir).file
+
+
+def _from_table(source: str, file: str, pretrained: bool, cache_dir) -> Resolved:
+    table = load_table()
+    name, _, tag = source.partition(".")
+    if name not in METHODS:
+        raise UnknownModelError(name, list(METHODS) + list(table))
+    entry = METHODS[name]
+    release = None
+    if pretrained or tag:
+        try:
+            release = find_release(name, tag or None, table)
+        except NoReleasedWeightsError:
+            if pretrained:
+                raise
+            raise UnknownModelError(source, [k for k, e in table.items() if e["name"] == name] or table) from None
+    elif released_tags(name, table):      # untrained, but with the default tag's data config (timm's rule)
+        release = find_release(name, None, table)
+    if release is None:
+        cfg, facts, path = make_pretrained_cfg(entry.timm_arch, entry.model_args), {"model": name}, None
+    else:
+        key, rel = release
+        cfg, facts = cfg_for_timm(rel["pretrained_cfg"]), rel.get("pretrainer") or {"model": name}
+        path = _release_file(key, rel, file, table, cache_dir) if pretrained else None
+    if path is not None and file == MODEL_FILE:
+        check_shapes(path, entry.timm_arch, entry.model_args)
+        cfg["file"] = str(path)
+    return Resolved(source, entry.timm_arch, dict(entry.model_args), cfg, 0, path, facts)
+
 
 def repo_root() -> Path | None:
     """The repository that holds this package (editable install, clone, torch.hub checkout)."""
@@ -180,26 +294,63 @@ def weights_root() -> Path | None:
     return root / "weights" if root else None
 
 
-def resolve_file(name_tag: str, filename: str, *, table: dict | None = None,
-                 cache_dir: str | os.PathLike | None = None) -> Path:
-    """Local path of one released file, checked (structure and SHA-256) against the table.
-
-    Looks in `weights/<name>.<tag>/` first, then downloads through huggingface_hub's cache.
-    """
-    table = load_table() if table is None else table
-    if name_tag not in table:
-        raise UnknownModelError(name_tag, suggest(name_tag, table), what="release")
-    entry = table[name_tag]
-    files = entry.get("files", {})
-    if filename not in files:
-        raise NoReleasedWeightsError(name_tag, sorted(files), detail=f" in a file {filename!r}")
+def _release_file(key: str, release: dict, file: str, table: dict, cache_dir) -> Path:
+    """weights/<name>.<tag>/<file> if the repository is at hand, else the Hub cache; checked."""
+    files = release.get("files", {})
+    if file not in files:
+        raise NoReleasedWeightsError(key, [k for k, e in table.items() if file in e.get("files", {})],
+                                     detail=f" in a file {file!r}")
     root = weights_root()
-    local = root / name_tag / filename if root else None
-    if local is not None and local.is_file():
-        path = local
-    else:
-        path = _hub_download(name_tag, entry, filename, local, cache_dir)
-    return verify_file(path, files[filename])
+    local = root / key / file if root else None
+    path = local if local is not None and local.is_file() else _hub_download(key, release, file, local, cache_dir)
+    return verify_file(path, files[file])
+
+
+def read_folder_config(folder: str | os.PathLike) -> dict:
+    """config.json of a published folder (timm's layout plus the `zoo` block)."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a published model folder: it has no config.json "
+                                "(a Hub repo is named 'hf-hub:ORG/NAME').")
+    return json.loads(path.read_text())
+
+
+def _from_folder(source: str, folder: Path, file: str, pretrained: bool, expected: str | None = None) -> Resolved:
+    config = read_folder_config(folder)
+    arch, model_args = config["architecture"], dict(config.get("model_args") or {})
+    cfg = cfg_for_timm(config.get("pretrained_cfg") or {})
+    saved_head = model_args.pop("num_classes", None)     # timm's save_for_hf keeps it among the model_args
+    num_classes = config.get("num_classes", cfg.get("num_classes", 0) if saved_head is None else saved_head)
+    cfg["num_classes"] = num_classes
+    facts = config.get("zoo") or {}
+    path = None
+    if pretrained:
+        path = folder / file
+        if not path.is_file():
+            raise NoReleasedWeightsError(str(folder), [], detail=f" (no {file} in the folder)")
+        recorded = facts.get("files", {}).get(file)
+        if recorded is None and expected is None:
+            warnings.warn(f"{folder}/config.json records no SHA-256 for {file} (no `zoo` block): loading "
+                          "it unchecked.", stacklevel=4)    # points at the caller of create_model
+            safetensors_header(path)
+        for sha in {recorded, expected} - {None}:
+            verify_file(path, sha)
+        if file == MODEL_FILE:
+            check_shapes(path, arch, model_args, num_classes)
+            cfg["file"] = str(path)
+    return Resolved(source, arch, model_args, cfg, num_classes, path, facts.get("pretrainer"))
+
+
+def _from_hub(repo: str, file: str, pretrained: bool, cache_dir) -> Resolved:
+    """Download config.json (+ file) of a Hub repo into the cache; check it as a folder, and against the
+    table's hash when the table names that repo (at that revision)."""
+    repo_id, _, revision = repo.partition("@")
+    known = next((e for e in load_table().values() if e.get("hf_hub_id") == repo_id
+                  and (not revision or revision == e.get("revision"))), {})
+    where = {"hf_hub_id": repo_id, "revision": revision or None}
+    for filename in ["config.json", *([file] if pretrained else [])]:
+        folder = _hub_download(repo, where, filename, None, cache_dir).parent
+    return _from_folder(f"hf-hub:{repo}", folder, file, pretrained, known.get("files", {}).get(file))
 
 
 def _hub_download(name_tag: str, entry: dict, filename: str, local: Path | None,
@@ -238,55 +389,58 @@ def _hub_download(name_tag: str, entry: dict, filename: str, local: Path | None,
 # Checks.
 
 def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def safetensors_header(path: str | os.PathLike) -> dict[str, dict]:
+    """{key: {"dtype", "shape"}} of a safetensors file, read by safetensors' own reader.
+
+    `safe_open` checks that the file is whole (the header's byte ranges cover the file exactly, each
+    range fits its tensor's shape and dtype); its complaint names neither the file nor the numbers,
+    so a failure is re-said as a CorruptWeightsError that does.
+    """
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: {"dtype": s.get_dtype(), "shape": s.get_shape()}
+                    for k, s in ((k, f.get_slice(k)) for k in f.keys())}
+    except SafetensorError as e:
+        raise CorruptWeightsError(path, _corrupt_reason(path, str(e))) from None
+
+
+# Bytes per element by safetensors dtype name, for the message only (safetensors did the check).
 _DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
                 "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
 
-def safetensors_header(path: str | os.PathLike) -> dict[str, dict]:
-    """The tensor table of a safetensors file, after checking that the file is whole.
-
-    The format is an 8-byte little-endian header length, a JSON header giving each tensor's dtype,
-    shape and byte range, then the data: a truncated file ends before the last range does.
-    """
+def _corrupt_reason(path: str | os.PathLike, error: str) -> str:
+    """Why safetensors refused `path`, with the sizes: read from the raw header only after it refused."""
     size = os.path.getsize(path)
+    if size < 8:
+        return f"truncated: {size} bytes, too short for a safetensors header"
     with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CorruptWeightsError(path, f"truncated: {size} bytes, too short for a safetensors header")
-        (n,) = struct.unpack("<Q", head)
-        if n > size - 8 or n > 100 << 20:
-            raise CorruptWeightsError(path, f"not a safetensors file or truncated (header of {n} bytes "
-                                      f"in a {size}-byte file)")
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > size - 8 or "header too large" in error:
+            return f"not a safetensors file or truncated (header of {n} bytes in a {size}-byte file)"
         try:
             header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CorruptWeightsError(path, f"unreadable safetensors header ({e})") from None
-    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-    end = 0
-    for key, t in tensors.items():
-        try:
-            start, stop = t["data_offsets"]
-            numel = 1
-            for d in t["shape"]:
-                numel *= d
-            width = _DTYPE_BYTES[t["dtype"]]
-        except (KeyError, TypeError, ValueError):
-            raise CorruptWeightsError(path, f"malformed header entry for {key!r}") from None
-        if stop - start != numel * width:
-            raise CorruptWeightsError(path, f"tensor {key!r} has {stop - start} bytes for shape {t['shape']}")
-        end = max(end, stop)
-    if size < 8 + n + end:
-        raise CorruptWeightsError(path, f"truncated: {size} bytes, the header needs {8 + n + end}")
-    if size > 8 + n + end:
-        raise CorruptWeightsError(path, f"{size - 8 - n - end} trailing bytes after the last tensor")
-    return tensors
+            tensors = [(k, t["dtype"], t["shape"], t["data_offsets"]) for k, t in header.items()
+                       if k != "__metadata__"]
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return f"unreadable safetensors header ({error})"
+    for key, dtype, shape, (start, stop) in tensors:
+        numel = 1
+        for d in shape:
+            numel *= d
+        if dtype in _DTYPE_BYTES and stop - start != numel * _DTYPE_BYTES[dtype]:
+            return f"tensor {key!r} has {stop - start} bytes for shape {shape} ({dtype})"
+    need = 8 + n + max((stop for *_, (_, stop) in tensors), default=0)
+    if size < need:
+        return f"truncated: {size} bytes, the header needs {need}"
+    if size > need:
+        return f"{size - need} trailing bytes after the last tensor"
+    return f"rejected by safetensors ({error})"
 
 
 def verify_file(path: str | os.PathLike, expected_sha256: str) -> Path:
@@ -301,22 +455,27 @@ def verify_file(path: str | os.PathLike, expected_sha256: str) -> Path:
 
 
 @functools.lru_cache(maxsize=64)
-def _expected_shapes(timm_arch: str, model_args_json: str) -> dict[str, tuple]:
+def _expected_shapes(timm_arch: str, model_args_json: str, num_classes: int) -> dict[str, tuple]:
     import timm
     with torch.device("meta"):     # no memory, no init cost: only the shapes are needed
-        model = timm.create_model(timm_arch, pretrained=False, num_classes=0, **json.loads(model_args_json))
+        model = timm.create_model(timm_arch, pretrained=False, num_classes=num_classes,
+                                  **json.loads(model_args_json))
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def expected_shapes(timm_arch: str, model_args: dict) -> dict[str, tuple]:
-    """{key: shape} of the headless `timm.create_model(timm_arch, num_classes=0, **model_args)`."""
-    return dict(_expected_shapes(timm_arch, json.dumps(model_args, sort_keys=True)))
+def expected_shapes(timm_arch: str, model_args: dict, num_classes: int = 0) -> dict[str, tuple]:
+    """{key: shape} of `timm.create_model(timm_arch, num_classes=num_classes, **model_args)` (0: headless)."""
+    return dict(_expected_shapes(timm_arch, json.dumps(model_args, sort_keys=True), num_classes))
 
 
-def check_shapes(path: str | os.PathLike, timm_arch: str, model_args: dict) -> None:
-    """Every tensor of the file fits the headless backbone exactly (same keys, same shapes)."""
-    got = {k: tuple(v["shape"]) for k, v in safetensors_header(path).items()}
-    check_state_shapes(got, expected_shapes(timm_arch, model_args), str(path))
+def tensor_shapes(path: str | os.PathLike) -> dict[str, tuple]:
+    """{key: shape} of a safetensors file (its header only)."""
+    return {k: tuple(v["shape"]) for k, v in safetensors_header(path).items()}
+
+
+def check_shapes(path: str | os.PathLike, timm_arch: str, model_args: dict, num_classes: int = 0) -> None:
+    """Every tensor of the file fits the backbone exactly (same keys, same shapes)."""
+    check_state_shapes(tensor_shapes(path), expected_shapes(timm_arch, model_args, num_classes), str(path))
 
 
 def check_state_shapes(got: dict[str, tuple], expected: dict[str, tuple], what: str) -> None:
