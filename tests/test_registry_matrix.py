@@ -6,7 +6,8 @@ device against numbers computed here from the papers' layer tables.
 Checked per (name, objective): the loss of every phase is a finite scalar; after its backward,
 exactly the parameters of `parameters_of(phase)` hold a gradient (no other parameter gets one);
 `update(progress)` runs; `exported_backbone()` has exactly the state-dict keys and shapes of
-`timm.create_model(entry.timm_arch, num_classes=0, **entry.model_args)`.
+`timm.create_model(entry.timm_arch, num_classes=0, **entry.model_args)` and, after the
+training-mode steps, carries no hook or instance patch (the CPU kernels are the loop's, not the model's).
 
 The matrix reads the method facts from the registry entry (`num_views`, `takes_img_size`), never
 a method name or class: a one-view method that is not MAE steps here too (`OneViewSimCLR`).
@@ -106,8 +107,21 @@ def _check_export(name, p):
     with torch.device("meta"):
         plain = timm.create_model(entry.timm_arch, num_classes=0, **entry.model_args)
     want = {k: tuple(v.shape) for k, v in plain.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in p.exported_backbone().state_dict().items()}
+    exported = p.exported_backbone()
+    got = {k: tuple(v.shape) for k, v in exported.state_dict().items()}
     assert got == want
+    # after training-mode steps: the plain timm module, no kernel patches (those are the loop's)
+    assert not instance_patches(exported), instance_patches(exported)[:5]
+
+
+def instance_patches(net):
+    """Hooks, or instance attributes shadowing a method of the module's class (`_conv_forward`)."""
+    found = []
+    for name, m in net.named_modules():
+        found += [f"{name}.{k}" for k in vars(m) if callable(getattr(type(m), k, None))]
+        found += [f"{name}.{h}" for h in ("_forward_pre_hooks", "_forward_hooks", "_backward_hooks",
+                                          "_backward_pre_hooks") if getattr(m, h)]
+    return found
 
 
 # ------------------------------------------------------------- a method the matrix has not seen
