@@ -8,7 +8,7 @@
    at 8320 tokens per call, fp32 and bf16. This is what `zoo.kernels.use_fast_attention` acts on.
 2. `resnet_phases`: timm resnet18 at 32 px, one training step split into forward, backward and
    optimizer step (SGD, momentum): fp32 NCHW, bf16 autocast + channels_last, and the same with
-   the zoo's CPU kernels (`zoo.kernels.use_fast_kernels`, what every Pretrainer trains with). At
+   the zoo's CPU kernels (`zoo.kernels.use_fast_kernels`, what the training loop trains with). At
    32 px the feature maps of layers 2-4 are 4 x 4 to 1 x 1; on the 1 x 1 maps of layer 4 oneDNN's
    bf16 kernels are slow (`python -m benchmarks.probes stage4`), which kept a ResNet's bf16 step
    no faster than fp32 until the zoo computed those convolutions as the matmul they are.

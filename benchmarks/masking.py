@@ -47,7 +47,7 @@ def batched_vs_loop(arch: str, K: int, kind: str = "occlusion", batch: int = 64,
     from zoo.backbones import create_backbone, encode
     from zoo.kernels import use_fast_kernels
     torch.manual_seed(0)
-    # the kernel choices every Pretrainer makes (zoo/kernels.py)
+    # the kernel choices the training loop makes (zoo/kernels.py)
     net = use_fast_kernels(to_format(create_backbone(arch).train(), precision))
     x = to_format(make_inputs(batch, 1)[0], precision)
     masks = _masks(net, x, K, kind)

@@ -83,6 +83,7 @@ def bench_case(name: str, objective: str | None = None, batch: int = 64, precisi
                seed: int = 0) -> dict:
     """Measure one pretrainer (see the module docstring for what each field means)."""
     import zoo  # noqa: F401
+    from zoo.kernels import use_fast_kernels
     from zoo.registry import create_pretrainer, get_method
     from zoo.weights import ZooWeightsError
     entry = get_method(name)
@@ -106,6 +107,7 @@ def bench_case(name: str, objective: str | None = None, batch: int = 64, precisi
     # bf16 runs use the recipe's memory format (channels_last unless it says otherwise)
     channels_last = precision == "bf16" and (recipe or {}).get("channels_last", True)
     pretrainer, views = prepare(pretrainer, views, precision, channels_last)
+    use_fast_kernels(pretrainer)            # the CPU kernels the training loop trains with (zoo/kernels.py)
     optimizers = (recipe_table.optimizers_from_recipe(recipe, pretrainer) if recipe else None)
     facts["optimizer"] = recipe.get("optimizer", "lars") if optimizers else "sgd"
     optimizers = optimizers or make_optimizers(pretrainer)

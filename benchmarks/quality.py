@@ -68,6 +68,9 @@ def _knn(backbone, knn_train: int, knn_test: int) -> dict:
 def _train(side: str, model, method: str, precision: str, seconds: float, batch: int, seed: int) -> dict:
     """Train `model` (our pretrainer or lightly's model) for `seconds` of step time."""
     model = to_format(model.train(), precision)
+    if side == "ours":                      # the CPU kernels the training loop trains with (zoo/kernels.py)
+        from zoo.kernels import use_fast_kernels
+        use_fast_kernels(model)
     params = (model.parameters_of("encoder") if side == "ours"
               else [p for p in model.parameters() if p.requires_grad])
     base_lr = 0.06 * batch / 128

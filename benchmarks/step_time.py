@@ -72,12 +72,14 @@ def data_parts(batch: int) -> dict:
 def model_parts(batch: int, configs: dict) -> dict:
     import zoo
     from train.optim import build_optimizer, phase_named_parameters
+    from zoo.kernels import use_fast_kernels
     from train.recipe import Recipe
     recipe = Recipe.load(ROOT / RECIPE)
     out = {}
     for name, (model, size) in configs.items():
         torch.manual_seed(0)
         p = zoo.create_pretrainer(model).to(memory_format=torch.channels_last)
+        use_fast_kernels(p)                 # the CPU kernels the training loop trains with (zoo/kernels.py)
         opt = build_optimizer(recipe, "encoder", phase_named_parameters(p, "encoder"))
         views = [torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last) for _ in range(2)]
         parts = {"forward": [], "backward": [], "optimizer": []}

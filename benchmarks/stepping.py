@@ -2,7 +2,8 @@
 each with its own optimizer, then `update(progress)` (EMA teachers, schedules).
 
 The benchmark times exactly this (all phases, optimizer steps and the EMA update included), so
-that "step time" means what a user's run pays per batch.
+that "step time" means what a user's run pays per batch. The callers install the CPU kernels the
+training loop trains with (`zoo.kernels.use_fast_kernels`) on the pretrainer first.
 
 Example:
     >>> import torch, zoo

@@ -122,7 +122,7 @@ def build_pair(method: str, seed: int = 0) -> tuple[nn.Module, nn.Module]:
     ours = create_pretrainer(name, **kwargs).train()
     theirs = peer_lightly.build(method, copy.deepcopy(ours.backbone), dims_of(method, ours)).train()
     # lightly's side runs vanilla modules: our CPU kernel choices (zoo/kernels.py) are installed
-    # by the Pretrainer's first forward, after this copy
+    # on our side only, for its timed steps (`compare`, quality.py), as the training loop does
     assert not any("_conv_forward" in m.__dict__ or hasattr(m, "_zoo_fused_attn") for m in theirs.modules())
     copy_weights(method, ours, theirs)
     return ours, theirs
@@ -174,13 +174,14 @@ def compare(method: str, batch: int = 64, rounds: int = 6, steps_per_round: int 
             seed: int = 0, pair: tuple[nn.Module, nn.Module] | None = None) -> dict:
     """Loss equality and interleaved step-time ratios for one shared method (module docstring).
     `pair` = (ours, theirs) already built (default: `build_pair`)."""
+    from zoo.kernels import use_fast_kernels
     ours, theirs = pair or build_pair(method, seed)
     views = make_inputs(batch, 1 if method == "mae" else 2, 32, seed)
     equality = check_losses(method, ours, theirs, views)
 
     variants = {}
     for precision in ("fp32", "bf16"):
-        o = ours if precision == "fp32" else to_format(copy.deepcopy(ours), precision)
+        o = use_fast_kernels(ours if precision == "fp32" else to_format(copy.deepcopy(ours), precision))
         t = theirs if precision == "fp32" else to_format(copy.deepcopy(theirs), precision)
         v = [to_format(x, precision) for x in views]
         o_opt = make_optimizers(o)

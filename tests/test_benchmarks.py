@@ -71,6 +71,32 @@ def test_quick_harness_writes_schema(tmp_path):
     assert 0.5e9 < case["flops_per_step"] < 20e9
 
 
+def _patched_convs(net: nn.Module) -> int:
+    return sum("_conv_forward" in m.__dict__ for m in net.modules())
+
+
+def test_timed_steps_run_with_the_training_loops_kernels(monkeypatch):
+    """The model classes install no CPU kernels (zoo/kernels.py): the benchmarks that time
+    training steps install them, as train/pretrain.py does, or they would time another step."""
+    from benchmarks import pretrainers, stepping, versus
+    seen = []
+
+    def observed(pretrainer, *args, **kwargs):
+        seen.append(_patched_convs(pretrainer.backbone))
+        return stepping.train_step(pretrainer, *args, **kwargs)
+    monkeypatch.setattr(pretrainers, "train_step", observed)
+    monkeypatch.setattr(pretrainers, "count_flops", lambda fn: 0)
+    pretrainers.bench_case("simclr_resnet18", batch=2, warmup=1, repeats=1)
+    assert seen and all(seen), seen
+
+    seen.clear()
+    monkeypatch.setattr(versus, "train_step", observed)
+    versus.compare("simclr", batch=2, rounds=1, steps_per_round=1, warmup=0)
+    assert len(seen) == 2 and all(seen), seen                    # ours in fp32 and in bf16
+    ours, theirs = versus.build_pair("simclr")
+    assert _patched_convs(theirs) == 0                           # lightly's side stays vanilla
+
+
 @pytest.mark.parametrize("method", ["simclr", "byol"])
 def test_lightly_peer_computes_our_loss(method):
     from benchmarks.common import make_inputs
