@@ -35,7 +35,7 @@ class TinyADIOS(ADIOSPretrainer):
 
 if "tiny_test_resnet" not in METHODS:
     @register_method("tiny", archs=("test_resnet",), objectives=("byol", "simclr"), paper="test only",
-                     pretrainer=TinyADIOS)
+                     pretrainer=TinyADIOS, takes_img_size=True)
     def tiny(arch: str, objective: str = "byol", img_size: int = 16, num_masks: int = 2,
              nan_at: str = "") -> TinyADIOS:
         backbone = create_backbone(arch)
