@@ -38,7 +38,7 @@ import torch
 import yaml
 from torch import nn
 
-from zoo import weights
+from zoo import timm_entries, weights
 from zoo.registry import METHODS
 from zoo.runs import atomic_write, save_tensors
 
@@ -239,7 +239,7 @@ def publish(backbone: nn.Module, out_dir: str | os.PathLike, name: str, tag: str
     """
     entry = METHODS.get(name)
     if entry is None:
-        raise weights.UnknownModelError(name, weights.suggest(name, METHODS))
+        raise weights.UnknownModelError(name, METHODS)
     if "." in tag or "/" in tag or not tag:
         raise ValueError(f"tag {tag!r}: a tag is one word such as 'simclr_fmnist' (no dots or slashes)")
     metrics = dict(metrics or {})
@@ -345,6 +345,7 @@ def update_table(entry: dict, path: str | os.PathLike | None = None, default: bo
         pos = same[-1] + 1 if same else len(items)
     items.insert(pos, (key, entry))
     atomic_write(path, json.dumps(dict(items), indent=2) + "\n")
+    timm_entries.sync()   # timm's registry follows the table (a no-op when `path` is not the active table)
     return path
 
 

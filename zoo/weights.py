@@ -134,11 +134,6 @@ class ShapeMismatchError(ZooWeightsError, ValueError):
                          "The weights were made for a different architecture or model_args.")
 
 
-def suggest(name: str, candidates) -> list[str]:
-    """Close matches of `name` (zoo.suggest's rule); UnknownModelError takes the choices themselves."""
-    return close_matches(name, candidates)
-
-
 # ---------------------------------------------------------------------------------------------
 # The table.
 
