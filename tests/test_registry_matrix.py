@@ -184,6 +184,10 @@ def test_method_facts_on_the_entry_match_the_built_pretrainer():
     assert METHODS["adios_resnet18"].masked_views("simsiam") == (0, 1)
     assert METHODS["adios_resnet18"].masked_views() == (1,)                   # SimCLR, the default
     assert METHODS["simclr_resnet18"].masked_views() == ()
+    with pytest.raises(ValueError, match="takes no objective"):
+        METHODS["simclr_resnet18"].masked_views("byol")
+    with pytest.raises(ValueError, match="takes objective one of"):
+        METHODS["adios_resnet18"].masked_views("mae")
     assert METHODS["adios_resnet18"].takes_img_size and METHODS["adios_s_vit_tiny_patch4_32"].takes_img_size
     assert not any(METHODS[n].takes_img_size for n in ("simclr_resnet18", "randmask_resnet18",
                                                        "mae_vit_tiny_patch4_32", "automae_vit_tiny_patch4_32"))

@@ -62,7 +62,11 @@ class MethodEntry:
 
     def masked_views(self, objective: str | None = None) -> tuple[int, ...]:
         """Indices of the views the masker hides (() without a masker), with base `objective`."""
-        return self.masked[objective or self.default_objective]
+        key = objective or self.default_objective
+        if key not in self.masked:
+            raise ValueError(f"{self.name} takes objective one of {self.objectives}, got {objective!r}"
+                             if self.objectives else f"{self.name} takes no objective (got {objective!r})")
+        return self.masked[key]
 
     def describe_export(self, objective: str | None = None) -> str:
         """Which network of the pretrainer is released (DESIGN.md, "Weights"), for the card.
