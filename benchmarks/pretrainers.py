@@ -27,7 +27,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import sys
@@ -67,12 +66,11 @@ def all_cases(archs=CPU_ARCHS) -> list[str]:
 def factory_kwargs(entry, objective: str | None, image_size: int) -> tuple[dict, dict]:
     """(model_args for the factory, recipe facts) from the case's recipe, else factory defaults.
 
-    A factory that takes `img_size` (a learned masker's resolution) gets the benchmark's size.
+    A method whose masker is built for an image size (`entry.takes_img_size`) gets the benchmark's.
     """
     recipe = recipe_table.find(entry.name, objective)
     kwargs = dict(recipe.get("model_args") or {}) if recipe else {}
-    params = inspect.signature(entry.factory).parameters
-    if "img_size" in params and "img_size" not in kwargs:
+    if entry.takes_img_size and "img_size" not in kwargs:
         kwargs["img_size"] = image_size
     return kwargs, ({"recipe": recipe["path"], "recipe_precision": recipe.get("precision", "bf16")}
                     if recipe else {"recipe": None})
@@ -102,7 +100,7 @@ def bench_case(name: str, objective: str | None = None, batch: int = 64, precisi
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pretrainer = create_pretrainer(name, objective, **kwargs).train()
-    views = views_for(pretrainer, entry.method, batch, image_size, seed)
+    views = views_for(pretrainer, batch, image_size, seed)
     recipe = recipe_table.find(name, objective)
     # bf16 runs use the recipe's memory format (channels_last unless it says otherwise)
     channels_last = precision == "bf16" and (recipe or {}).get("channels_last", True)

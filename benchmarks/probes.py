@@ -86,6 +86,7 @@ def _sliced(step):
 def taps(methods=("simclr", "byol", "simsiam"), batches=(64, 128), precisions=("bf16", "fp32")) -> dict:
     from benchmarks.stepping import make_optimizers, prepare, train_step, views_for
     from benchmarks.versus import build_pair
+    from zoo.kernels import use_fast_kernels
     out = {}
     for method in methods:
         for batch in batches:
@@ -93,7 +94,7 @@ def taps(methods=("simclr", "byol", "simsiam"), batches=(64, 128), precisions=("
                 variants = {}
                 for name in ("sliced", "taps"):
                     ours, _ = build_pair(method)
-                    ours, views = prepare(ours, views_for(ours, method, batch), precision)
+                    ours, views = prepare(use_fast_kernels(ours), views_for(ours, batch), precision)
                     opt = make_optimizers(ours)
                     step = functools.partial(train_step, ours, views, opt, precision)
                     variants[name] = _sliced(step) if name == "sliced" else step

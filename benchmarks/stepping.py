@@ -10,7 +10,7 @@ Example:
     >>> from benchmarks.stepping import make_optimizers, train_step, views_for
     >>> p = zoo.create_pretrainer("simclr_resnet18")                      # doctest: +SKIP
     >>> opts = make_optimizers(p)                                          # doctest: +SKIP
-    >>> train_step(p, views_for(p, "simclr", 8), opts, "fp32")             # doctest: +SKIP
+    >>> train_step(p, views_for(p, 8), opts, "fp32")                       # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -22,24 +22,9 @@ from torch import Tensor, nn
 
 from benchmarks.common import autocast, make_inputs, sync, to_format
 
-# Methods trained on one view (a reconstruction objective); the siamese ones take two.
-ONE_VIEW = ("mae", "automae")
-
-
-def num_views(pretrainer: nn.Module, method: str | None = None) -> int:
-    """How many augmented views a pretrainer's step takes (1 for MAE/AutoMAE, else 2)."""
-    for owner in (pretrainer, getattr(pretrainer, "objective", None)):
-        n = getattr(owner, "num_views", None)
-        if isinstance(n, int):
-            return n
-    if method in ONE_VIEW or type(getattr(pretrainer, "objective", None)).__name__ == "MAE":
-        return 1
-    return 2
-
-
-def views_for(pretrainer: nn.Module, method: str | None, batch: int, image_size: int = 32,
-              seed: int = 0, device="cpu") -> list[Tensor]:
-    return make_inputs(batch, num_views(pretrainer, method), image_size, seed, device)
+def views_for(pretrainer: nn.Module, batch: int, image_size: int = 32, seed: int = 0, device="cpu") -> list[Tensor]:
+    """As many random views as the pretrainer declares its step takes (`num_views`)."""
+    return make_inputs(batch, pretrainer.num_views, image_size, seed, device)
 
 
 def make_optimizers(pretrainer: nn.Module, lr: float = 0.01) -> dict[str, torch.optim.Optimizer]:

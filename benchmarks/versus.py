@@ -176,7 +176,7 @@ def compare(method: str, batch: int = 64, rounds: int = 6, steps_per_round: int 
     `pair` = (ours, theirs) already built (default: `build_pair`)."""
     from zoo.kernels import use_fast_kernels
     ours, theirs = pair or build_pair(method, seed)
-    views = make_inputs(batch, 1 if method == "mae" else 2, 32, seed)
+    views = make_inputs(batch, ours.num_views, 32, seed)
     equality = check_losses(method, ours, theirs, views)
 
     variants = {}
