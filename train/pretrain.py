@@ -266,7 +266,8 @@ def train(recipe: Recipe, accelerator: Accelerator, model, pretrainer, optimizer
         if step % recipe.log_every == 0 or step == data.last_step:
             log.write(step, optimizers)
         log.bar.update(1)
-        if picture is not None and (step == data.last_step or (recipe.mask_grid_every and step % recipe.mask_grid_every == 0)):
+        if picture is not None and (step == data.last_step
+                                    or (recipe.mask_grid_every and step % recipe.mask_grid_every == 0)):
             draw_masks(pretrainer.masker, picture, Path(recipe.run_dir), step, data)
         if recipe.ckpt_every and (step % recipe.ckpt_every == 0 or step == data.last_step):
             save_checkpoint(accelerator, recipe.run_dir, step, {"recipe": recipe.to_dict()})
