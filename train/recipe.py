@@ -6,7 +6,7 @@ A recipe file sets the fields of `Recipe` below (the defaults and their reasons 
 place, nanoGPT-style); `key=value` overrides win over the file (values are parsed as YAML, so
 `lr=0.1`, `betas=[0.9,0.95]`, `resume=true`; `model_args.KEY=value` reaches into `model_args`,
 `phases.PHASE.KEY=value` into a phase's block). An unknown key anywhere, top level, in
-`model_args` (checked against the registered method's factory signature) or in `phases` (checked
+`model_args` (checked against `MethodEntry.arguments`) or in `phases` (checked
 against the method's registered phases), is an error naming it, the close matches and the valid
 choices; so is a value of the wrong type or outside its choices (optimizer, precision, model,
 objective, view preset).
@@ -175,7 +175,7 @@ class Recipe:
             raise RecipeError(f"{source}: {entry.name} takes no objective, got objective={self.objective!r}")
         check_model_args(entry, self.model_args, source)
         self.phases = check_phases(entry, self.phases, source)
-        if "img_size" in factory_args(entry):       # maskers built for a size (ADIOS's U-Net)
+        if entry.takes_img_size:                     # maskers built for a size (ADIOS's U-Net)
             given = self.model_args.setdefault("img_size", self.image_size)
             if given != self.image_size:
                 raise RecipeError(f"{source}: model_args.img_size {given} != image_size {self.image_size}; "
@@ -424,19 +424,11 @@ def _method_entry(model: str, source: str):
     return get_method(base)
 
 
-def factory_args(entry) -> dict[str, inspect.Parameter]:
-    """The keyword parameters a method's factory takes (beyond `arch` and `objective`)."""
-    params = inspect.signature(entry.factory).parameters
-    return {n: p for n, p in params.items() if n not in ("arch", "objective")
-            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-
-
 def check_model_args(entry, model_args: dict, source: str = "recipe") -> None:
-    """Every key of model_args must be a keyword of the method's factory (no **kwargs allowed there)."""
-    valid = factory_args(entry)
-    has_var_kw = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(entry.factory).parameters.values())
+    """Every key of model_args must be an argument the method declares (`MethodEntry.arguments`)."""
+    valid = entry.arguments
     for key in model_args:
-        if key not in valid and not has_var_kw:
+        if key not in valid:
             raise RecipeError(_unknown(key, valid, f"{source}: model_args: {entry.name} has no argument"))
 
 
