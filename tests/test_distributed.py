@@ -29,7 +29,7 @@ image_size: 32
 epochs: 1
 batch_size: 8
 lr: 0.1
-masker_lr: 0.05
+phases: {masker: {lr: 0.05}}
 warmup_epochs: 0
 channels_last: false
 num_workers: 0
