@@ -8,7 +8,9 @@
    loop `accelerate launch` runs).
 2. kNN top-1 on held-out scenes (zoo.evaluation: weighted kNN, cosine, T = 0.1, k = 20 and 200,
    unaugmented 32 px images) for the trained backbone, the same architecture untrained (same
-   seed as training's initialisation) and raw pixels, in the same run.
+   seed as training's initialisation) and raw pixels, in the same run; and every released scenes
+   weight loaded by `zoo.create_model(name, pretrained=True)`, on the same scenes, to show what a
+   longer run than a few minutes buys.
 3. Mask score on held-out scenes (best IoU per ground-truth object over the K masks binarised at
    0.5) of the learned occluder, against random and block masks of the same K and area.
 4. The mask picture: held-out scenes | the N learned masks | the masked views (masks.png), and
@@ -60,6 +62,19 @@ def knn(backbone, train, test) -> dict:
     return knn_classify(train_f, train_y, test_f, test_y, k=(20, 200), T=0.1)
 
 
+def released_rows(results: dict) -> list[tuple[str, str]]:
+    """One row per released scenes weight measured in this run (longer runs than the demo's)."""
+    raw = results["scenes/raw_pixels/knn_top1_k20"]
+    rows = []
+    for key, v in results.items():
+        if key.startswith("scenes/released/") and key.endswith("/knn_top1_k20"):
+            name = key.split("/")[2]
+            verdict = "above" if v > raw else "not above"
+            rows.append((f"released {name}", f"kNN k=20 {v:.1f} % (zoo.create_model(\"{name}\", pretrained=True), "
+                                             f"{verdict} raw pixels)"))
+    return rows
+
+
 def max_diff(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> float:
     with torch.no_grad():
         return float((a.eval()(x) - b.eval()(x)).abs().max())
@@ -101,6 +116,10 @@ def main(argv=None) -> dict:
     results = {"scenes/" + k: v for k, v in knn(backbone, train, test).items()}
     results.update({"scenes/untrained/" + k: v for k, v in knn(untrained, train, test).items()})
     results.update({"scenes/raw_pixels/" + k: v for k, v in knn(torch.nn.Flatten(), train, test).items()})
+    # the released scenes weights, loaded as a user would, on the same scenes: what a longer run buys
+    for release in zoo.list_pretrained("*scenes*"):
+        released = zoo.create_model(release, pretrained=True)
+        results.update({f"scenes/released/{release}/{k}": v for k, v in knn(released, train, test).items()})
     results["scenes/knn_protocol"] = (f"weighted kNN, cosine, T=0.1, k=[20, 200], train={args.knn_train} "
                                       f"scenes, test={args.knn_test} held-out scenes, {size} px, unaugmented")
 
@@ -160,6 +179,10 @@ def main(argv=None) -> dict:
                            f"   raw pixels {r['scenes/raw_pixels/knn_top1_k20']:.1f} %"),
         ("kNN top-1 k=200", f"trained {r['scenes/knn_top1_k200']:.1f} %   untrained {r['scenes/untrained/knn_top1_k200']:.1f} %"
                             f"   raw pixels {r['scenes/raw_pixels/knn_top1_k200']:.1f} %"),
+        ("trained - untrained", f"{r['scenes/knn_top1_k20'] - r['scenes/untrained/knn_top1_k20']:+.1f} points at k=20, "
+                                f"{r['scenes/knn_top1_k200'] - r['scenes/untrained/knn_top1_k200']:+.1f} at k=200; "
+                                f"vs raw pixels {r['scenes/knn_top1_k20'] - r['scenes/raw_pixels/knn_top1_k20']:+.1f} at k=20"),
+        *released_rows(r),
         ("mask score (IoU)", f"learned {r['scenes/mask_score']:.3f}   random {r['scenes/mask_score_random']:.3f}"
                              f"   block {r['scenes/mask_score_block']:.3f}   (K={r['scenes/mask_k']}, "
                              f"area {r['scenes/mask_area']:.2f})"),
