@@ -41,7 +41,7 @@ BASE = "model: simclr_resnet18\nepochs: 1\n"
 # Keys and values
 
 def test_every_recipe_parses_and_names_a_registered_model():
-    assert len(CPU) >= 13 and len(PAPER) == 17, RECIPES   # 15 ADIOS scripts, AutoMAE, ExtreMA
+    assert len(CPU) >= 13 and len(PAPER) == 18, RECIPES   # 15 ADIOS scripts, AutoMAE, ExtreMA, HPM
     for name in RECIPES:
         r = Recipe.load(ROOT / "recipes" / name)
         assert r.run_dir == f"runs/{Path(name).name.removesuffix('.yaml')}"
@@ -502,6 +502,16 @@ FAITHFUL = {
     # hyperea/automae@d066fa3 run_pretrain.sh l7-14 (batch 64 x accum 8 x 8 GPUs, 800 ep, warmup 40,
     # blr 1.5e-4, wd 0.05, mask 0.75, norm-pix), main_pretrain.py l109-110 (mask_factor 0.5,
     # loss_g_factor 0.2); D step Adam (0.9, 0.95) on the same schedule.
+    # Haochen-Wang409/HPM@c15ae90 PRETRAIN.md l5-20 (8 GPUs x batch 32 x accum 8, 200 ep, warmup 40,
+    # blr 1.5e-4, wd 0.05, mask 0.75, --learning_loss --relative); main_pretrain.py l59-61 (no norm-pix),
+    # l97 (min_lr 0), l255 (betas); engine_pretrain.py l41-44 (EMA 0.999 -> 0.9999 over 100 of 200 ep).
+    "paper/hpm_vit_base_patch16_224.in1k.yaml": dict(
+        model="hpm_vit_base_patch16_224", image_size=224, views="mae", batch_size=2048, grad_accum=8,
+        epochs=200, optimizer="adamw", lr=1.5e-4, lr_scaling="linear", betas=(0.9, 0.95), weight_decay=0.05,
+        warmup_epochs=40, min_lr=0.0,
+        model_args=dict(mask_ratio=0.75, hard_ratio_final=0.5, relative=True, decoder_embed_dim=512,
+                        decoder_depth=8, decoder_num_heads=16, norm_pix_loss=False,
+                        ema_decay_start=0.999, ema_decay_final=0.9999, ema_ramp=0.5)),
     "paper/automae_vit_base_patch16_224.in1k.yaml": dict(
         model="automae_vit_base_patch16_224", image_size=224, views="mae", batch_size=4096, grad_accum=8,
         epochs=800, optimizer="adamw", lr=1.5e-4, lr_scaling="linear", betas=(0.9, 0.95), weight_decay=0.05,
