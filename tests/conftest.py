@@ -9,3 +9,16 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each test starts with no Accelerator state: accelerate keeps one per process, and a test that
+    runs train/pretrain.py's main in-process (bf16, cpu=True) would otherwise refuse the next test's
+    Accelerator of another precision ("AcceleratorState has already been initialized")."""
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -215,7 +215,6 @@ def test_loop_trains_with_the_kernels_and_exports_a_plain_timm_module(tmp_path, 
     """A few steps of train/pretrain.py: the steps run with the kernels installed; the exported
     backbone of the returned pretrainer is the plain timm module, and vanilla timm (a process
     without the zoo) loads it from a Hub-layout folder with the same features."""
-    from accelerate.state import AcceleratorState
     from timm.models._hub import save_for_hf
     from train import pretrain
     from zoo.registry import get_method
@@ -227,12 +226,9 @@ def test_loop_trains_with_the_kernels_and_exports_a_plain_timm_module(tmp_path, 
         return real_step(accelerator, model, *args, **kwargs)
     real_step = pretrain.train_step
     monkeypatch.setattr(pretrain, "train_step", observed_step)
-    try:
-        pretrainer = pretrain.main(["--recipe", str(ROOT / "recipes" / f"{recipe}.yaml"), "data=scenes",
-                                    "data_args={length: 16}", "limit_train=0", "batch_size=8", "max_steps=2",
-                                    "num_workers=0", "ckpt_every=0", "log_every=1", f"run_dir={tmp_path / 'run'}"])
-    finally:   # the in-process Accelerator's state must not leak into later tests' Accelerators
-        AcceleratorState._reset_state(reset_partial_state=True)
+    pretrainer = pretrain.main(["--recipe", str(ROOT / "recipes" / f"{recipe}.yaml"), "data=scenes",
+                                "data_args={length: 16}", "limit_train=0", "batch_size=8", "max_steps=2",
+                                "num_workers=0", "ckpt_every=0", "log_every=1", f"run_dir={tmp_path / 'run'}"])
     assert len(seen) == 2 and all(seen), "the loop's steps ran without the CPU kernels"
 
     exported = pretrainer.exported_backbone()
