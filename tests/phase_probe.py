@@ -36,7 +36,8 @@ class _FixedLr:
         pass
 
 
-def loop_step(pretrainer, views, optimizers) -> tuple[list[str], dict[str, float], dict[str, torch.Tensor]]:
+def loop_step(pretrainer, views, optimizers, grad_clip: dict[str, float] | None = None
+              ) -> tuple[list[str], dict[str, float], dict[str, torch.Tensor]]:
     """(phases in the order run, loss per phase, RNG state at each phase's forward)."""
     order, rng = [], {}
 
@@ -50,7 +51,8 @@ def loop_step(pretrainer, views, optimizers) -> tuple[list[str], dict[str, float
     try:
         model, *prepared = accelerator.prepare(pretrainer, *optimizers.values())
         losses = train_step(accelerator, model, dict(zip(optimizers, prepared)),
-                            dict.fromkeys(optimizers, _FixedLr()), [list(views)], step=0, run_dir=Path("unused"))
+                            dict.fromkeys(optimizers, _FixedLr()), [list(views)], step=0, run_dir=Path("unused"),
+                            grad_clip=grad_clip)
     finally:
         handle.remove()
         # the in-process Accelerator's state must not leak into later tests' Accelerators

@@ -508,7 +508,7 @@ FAITHFUL = {
     "paper/hpm_vit_base_patch16_224.in1k.yaml": dict(
         model="hpm_vit_base_patch16_224", image_size=224, views="mae", batch_size=2048, grad_accum=8,
         epochs=200, optimizer="adamw", lr=1.5e-4, lr_scaling="linear", betas=(0.9, 0.95), weight_decay=0.05,
-        warmup_epochs=40, min_lr=0.0,
+        warmup_epochs=40, min_lr=0.0, grad_clip=5.0,      # util/misc.py l256 (engine_pretrain.py l125)
         model_args=dict(mask_ratio=0.75, hard_ratio_final=0.5, relative=True, decoder_embed_dim=512,
                         decoder_depth=8, decoder_num_heads=16, norm_pix_loss=False,
                         ema_decay_start=0.999, ema_decay_final=0.9999, ema_ramp=0.5)),

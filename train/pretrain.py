@@ -257,7 +257,8 @@ def train(recipe: Recipe, accelerator: Accelerator, model, pretrainer, optimizer
     batches = data.loader_from(step, recipe.seed) if step < data.last_step else None
     while step < data.last_step:
         micro_batches = next_micro_batches(batches, recipe, data, accelerator.device, step)
-        losses = train_step(accelerator, model, optimizers, schedules, micro_batches, step, Path(recipe.run_dir))
+        losses = train_step(accelerator, model, optimizers, schedules, micro_batches, step, Path(recipe.run_dir),
+                            {ph: recipe.phase_grad_clip(ph) for ph in optimizers})
         pretrainer.update((step + 1) / data.total_steps)     # EMA teachers, progress-driven schedules
         step += 1
         log.add(losses)
@@ -286,13 +287,15 @@ def next_micro_batches(batches, recipe: Recipe, data: Data, device, step: int) -
 
 
 def train_step(accelerator: Accelerator, model, optimizers: dict, schedules: dict,
-               micro_batches: list[list[torch.Tensor]], step: int, run_dir: Path) -> dict[str, list[float]]:
+               micro_batches: list[list[torch.Tensor]], step: int, run_dir: Path,
+               grad_clip: dict[str, float] | None = None) -> dict[str, list[float]]:
     """One optimizer step on one global batch, phase by phase in the pretrainer's order.
 
     For each phase: its schedule sets the lr of `step`; each micro-batch is forwarded (under the
     autocast that `accelerator.prepare` put on `model`), checked finite, and backwarded (DDP
     all-reduces on the last one only); then the phase's optimizer steps and every gradient is
-    cleared (see "Decisions" above). Returns each phase's loss per micro-batch.
+    cleared (see "Decisions" above). `grad_clip[phase]` > 0 clips that phase's accumulated gradient
+    to that total L2 norm first (after accelerate unscales it). Returns each phase's loss per micro-batch.
     """
     losses = {}
     for phase in accelerator.unwrap_model(model).phases:
@@ -305,6 +308,9 @@ def train_step(accelerator: Accelerator, model, optimizers: dict, schedules: dic
                 _check_finite(accelerator, loss, step, phase, run_dir)
                 accelerator.backward(loss / len(micro_batches))
             losses[phase].append(loss.detach().float().item())
+        max_norm = (grad_clip or {}).get(phase, 0.0)
+        if max_norm > 0:
+            accelerator.clip_grad_norm_([p for g in optimizers[phase].param_groups for p in g["params"]], max_norm)
         optimizers[phase].step()
         model.zero_grad(set_to_none=True)
     return losses

@@ -55,7 +55,7 @@ LR_SCALINGS = ("none", "linear")
 # Every pretrainer's main phase (zoo.pretrainer.Pretrainer.phases): set by the top-level keys.
 MAIN_PHASE = "encoder"
 # What a `phases` block may set for one phase (each defaults to the top-level field of that name).
-PHASE_KEYS = ("optimizer", "lr", "weight_decay")
+PHASE_KEYS = ("optimizer", "lr", "weight_decay", "grad_clip")
 
 
 class RecipeError(ValueError):
@@ -102,6 +102,8 @@ class Recipe:
     lr: float = 0.3
     lr_scaling: Literal["none", "linear"] = "none"   # "linear": lr * batch_size / 256 (MAE's blr rule)
     weight_decay: float = 1e-5           # never on biases and norm parameters (ndim <= 1)
+    grad_clip: float = 0.0               # clip each phase's gradient to this total L2 norm before its step
+                                         # (0: off, the ADIOS/MAE references; HPM's clips at 5.0)
     momentum: float = 0.9                # SGD and LARS
     betas: tuple[float, float] = (0.9, 0.95)   # AdamW (MAE, AutoMAE, ExtreMA all use 0.9/0.95)
     lars_eta: float = 0.02               # LARS trust coefficient (solo-learn / ADIOS eta_lars)
@@ -199,7 +201,7 @@ class Recipe:
         if self.batch_size % self.grad_accum:
             raise RecipeError(f"{source}: batch_size {self.batch_size} is not divisible by "
                               f"grad_accum {self.grad_accum}")
-        for key in ("lr", "weight_decay", "warmup_epochs", "warmup_start_lr", "min_lr"):
+        for key in ("lr", "weight_decay", "grad_clip", "warmup_epochs", "warmup_start_lr", "min_lr"):
             if getattr(self, key) < 0:
                 raise RecipeError(f"{source}: {key} must be >= 0, got {getattr(self, key)}")
         if self.jitter is not None and (any(v < 0 for v in self.jitter) or self.jitter[3] > 0.5):
@@ -213,9 +215,14 @@ class Recipe:
         """(optimizer, lr, weight_decay) of a phase: its `phases` block's values where set, else the
         top-level ones (always for the main phase)."""
         block = self.phases.get(phase) or {}
-        kind, lr, wd = (block.get(key) for key in PHASE_KEYS)
+        kind, lr, wd = (block.get(key) for key in PHASE_KEYS[:3])
         return (self.optimizer if kind is None else kind, self.lr if lr is None else lr,
                 self.weight_decay if wd is None else wd)
+
+    def phase_grad_clip(self, phase: str) -> float:
+        """Max gradient norm of a phase (0: no clipping): its block's `grad_clip` where set, else the top level."""
+        value = (self.phases.get(phase) or {}).get("grad_clip")
+        return self.grad_clip if value is None else value
 
     def to_dict(self) -> dict:
         """Plain YAML-safe dict (tuples as lists): what `recipe.yaml` in the run directory holds."""
