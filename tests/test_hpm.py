@@ -161,6 +161,11 @@ def test_teacher_is_the_ema_of_the_student_with_the_scheduled_decay():
     assert math.isclose(ema_decay(0.5), 0.9999) and math.isclose(ema_decay(0.9), 0.9999)
     assert math.isclose(ema_decay(0.0625, ramp=0.125), 0.999 + 0.5 * 0.0009)  # 800 epochs: epoch 50
     p = _tiny(ema_decay_start=0.9, ema_decay_final=0.99, ema_ramp=0.5)
+    # the teacher starts as the initialised student (main_pretrain.py l236: ModelEma of the model)
+    twins = dict(p.teacher.named_parameters())
+    for name, q in [*(("backbone." + n, q) for n, q in p.backbone.named_parameters()),
+                    *(("objective." + n, q) for n, q in p.objective.named_parameters())]:
+        assert torch.equal(twins[name], q), name
     student = p.objective.losspred_pred.weight
     teacher = p.teacher["objective"].losspred_pred.weight
     with torch.no_grad():

@@ -10,7 +10,7 @@ step: EMA teacher, mask, losses) and `main_pretrain.py` (defaults, EMA, optimize
   Linear(Dd, p*p*C), averaged over the p*p*C outputs to one score per patch. Both branches start
   from the same decoder input (embedded visible tokens, mask tokens, fixed sin-cos positions).
 - Teacher: an EMA copy of the whole model (encoder and both decoder branches), decay 0.999
-  rising linearly to 0.9999 over the first 100 epochs (of 200 in the README's command), updated
+  rising linearly to 0.9999 over the first 100 epochs (of 200 in PRETRAIN.md's command), updated
   after each optimizer step. It sees the FULL image (no mask, no gradient); its loss predictor
   scores every patch.
 - Mask (`hard_patch_mask`): of the M = L - int(L * (1 - mask_ratio)) hidden patches, the
@@ -68,7 +68,11 @@ Deviations from the reference, and why:
   `learning_loss` is on (l236: `ModelEma(model, decay=0.999)`).
 - The teacher averages parameters only (zoo.objectives.ema_); timm's ModelEma also averages
   buffers, and this model has none that change (the fixed sin-cos tables are constants).
-- Losses in fp32 under bf16 autocast; the reference runs fp16 autocast with a loss scaler.
+- Losses and predicted-loss scores in fp32 under bf16 autocast (the network itself runs in bf16); the
+  reference runs fp16 autocast with a loss scaler.
+- Gradient clipping at total norm 5.0 (util/misc.py l256, called without clip_grad at
+  engine_pretrain.py l125) is the paper recipe's `grad_clip: 5.0`; the CPU recipe leaves it off like
+  its MAE control (mae_vit_tiny_patch4_32.fmnist.yaml), so the pair differs in the method only.
 - The decoder-input and per-patch-loss lines of `zoo.objectives.MAE` are restated here
   (`decoder_tokens`, `per_patch_loss`) because `MAE.decode` / `MAE.forward` do not expose the
   decoder input or the per-patch losses that the loss predictor needs.
@@ -169,7 +173,7 @@ class HPMObjective(MAE):
     def predict_loss(self, tokens: Tensor, num_prefix: int) -> Tensor:
         """Decoder input -> predicted reconstruction loss of every patch (N, L)."""
         y = self.losspred_pred(self.losspred_norm(self.losspred_blocks(tokens)))
-        return y[:, num_prefix:].mean(-1)
+        return y[:, num_prefix:].float().mean(-1)     # fp32 scores: bf16 would tie many at the hard-set edge
 
     def per_patch_loss(self, images: Tensor, pred: Tensor) -> Tensor:
         """MSE of each patch's prediction (N, L, p*q*C) to its pixels (norm-pix if set): (N, L), fp32."""
