@@ -22,3 +22,15 @@ def fresh_accelerate_state():
     AcceleratorState._reset_state(reset_partial_state=True)
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture
+def env(rel, monkeypatch):
+    """The zoo's weight table and folder pointed at a test's own release `rel` (a fixture of the
+    test module: {"table": path, "wdir": path, ...}), the Hub offline."""
+    from huggingface_hub import constants as hf_constants
+    from zoo import weights
+    monkeypatch.setenv(weights.TABLE_ENV, str(rel["table"]))
+    monkeypatch.setenv(weights.WEIGHTS_ENV, str(rel["wdir"]))
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    return rel

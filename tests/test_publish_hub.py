@@ -63,14 +63,6 @@ def rel(tmp_path_factory):
                    pretrainer=pretrainer, backbone=backbone, y=y, io=io, folder=wdir / f"{name}.{TAG}")
 
 
-@pytest.fixture
-def env(rel, monkeypatch):
-    monkeypatch.setenv(weights.TABLE_ENV, str(rel["table"]))
-    monkeypatch.setenv(weights.WEIGHTS_ENV, str(rel["wdir"]))
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    return rel
-
-
 def run_py(code: str, env: dict, cwd: Path) -> str:
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=cwd, capture_output=True,
                        text=True, timeout=180)

@@ -45,14 +45,6 @@ def rel(tmp_path_factory):
         yield out
 
 
-@pytest.fixture
-def env(rel, monkeypatch):
-    monkeypatch.setenv(weights.TABLE_ENV, str(rel["table"]))
-    monkeypatch.setenv(weights.WEIGHTS_ENV, str(rel["wdir"]))
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
-    return rel
-
-
 def copy_release(rel, tmp_path, name_tag=f"{RESNET}.t1"):
     """A private copy of the weights folder, to damage; returns the copied release folder."""
     wdir = tmp_path / "weights"
