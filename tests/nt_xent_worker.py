@@ -3,7 +3,7 @@ torch.multiprocessing.spawn re-imports the module that holds the worker in every
 import torch
 import torch.distributed as dist
 
-from zoo.objectives import nt_xent
+from zoo.losses import nt_xent
 
 B = 3
 

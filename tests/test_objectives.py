@@ -13,8 +13,9 @@ from torch import nn
 
 import nt_xent_worker
 import zoo.backbones as bb
-from zoo.objectives import (BYOL, MAE, SimCLR, SimSiam, byol_loss, cosine_momentum, create_objective,
-                            ema_, neg_cosine, nt_xent, sincos_pos_embed)
+from zoo.layers import cosine_momentum, ema_, sincos_pos_embed
+from zoo.losses import byol_loss, neg_cosine, nt_xent
+from zoo.objectives import BYOL, MAE, SimCLR, SimSiam, create_objective
 
 NCS = NegativeCosineSimilarity()
 

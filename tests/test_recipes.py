@@ -690,3 +690,15 @@ def test_smoke_run_representative(name, tmp_path):
 @pytest.mark.parametrize("name", [r for r in RECIPES if r not in FAST])
 def test_smoke_run_every_recipe(name, tmp_path):
     smoke(name, tmp_path)
+
+
+def test_resume_compares_an_old_checkpoints_recipe_in_the_new_format(tmp_path):
+    """A checkpoint written before the `phases` block (flat masker_lr) resumed with the same recipe:
+    no spurious change; a real change of the phase's lr is named as such."""
+    from train.pretrain import recipe_changes
+    r = Recipe.load(write(tmp_path, "model: adios_resnet18\nphases: {masker: {lr: 0.1}}\n"))
+    saved = {k: v for k, v in r.to_dict().items() if k != "phases"}
+    saved.update(masker_lr=0.1, masker_optimizer=None, masker_weight_decay=None)
+    assert recipe_changes(saved, r) == {}
+    saved["masker_lr"] = 0.2
+    assert recipe_changes(saved, r) == {"phases": ({"masker": {"lr": 0.2}}, {"masker": {"lr": 0.1}})}

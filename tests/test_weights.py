@@ -14,7 +14,7 @@ import pytest
 import timm
 import torch
 from huggingface_hub import constants as hf_constants
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from timm.models._pretrained import PretrainedCfg
 
 import zoo
@@ -229,6 +229,12 @@ def test_truncated_and_corrupt_files(env, tmp_path, monkeypatch):
         zoo.create_model(f"{RESNET}.t1", pretrained=True)
 
 
+def odd_offsets() -> bytes:
+    """A safetensors file whose one tensor has a single data offset."""
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0]}}).encode()
+    return struct.pack("<Q", len(header)) + header + b"\x00" * 16
+
+
 def test_corrupt_reasons_name_the_numbers(tmp_path):
     """safetensors' reader refuses these files; the error says why with the file's own numbers."""
     path = tmp_path / "w.safetensors"
@@ -238,12 +244,34 @@ def test_corrupt_reasons_name_the_numbers(tmp_path):
     cases = {good + b"\x00" * 7: "7 trailing bytes after the last tensor",
              good[:-4]: f"truncated: {len(good) - 4} bytes, the header needs {len(good)}",
              good[:8] + b"[" + good[9:]: "unreadable safetensors header",
-             struct.pack("<Q", len(good)) + good[8:]: f"header of {len(good)} bytes in a {len(good)}-byte file"}
+             struct.pack("<Q", len(good)) + good[8:]: f"header of {len(good)} bytes in a {len(good)}-byte file",
+             odd_offsets(): "malformed header entry: data_offsets must be [start, stop]"}
     for data, reason in cases.items():
         path.write_bytes(data)
         with pytest.raises(weights.CorruptWeightsError) as e:
             weights.safetensors_header(path)
         assert reason in str(e.value) and str(path) in str(e.value), (reason, str(e.value))
+
+
+@pytest.mark.parametrize("revision", ["", "@v1", "@0123abc"])
+def test_hub_repo_is_checked_against_the_table_at_any_pinned_revision(env, tmp_path, monkeypatch, revision):
+    """The table records a repo's hash with no revision: a pinned revision (tag, short sha) keeps the
+    check, so a repo whose weights and config were both replaced does not load."""
+    snapshot = tmp_path / "snapshots" / "0123abc0123abc"
+    shutil.copytree(copy_release(env, tmp_path), snapshot)
+    other = tmp_path / "other.safetensors"                   # the replaced weights, recorded by the replaced config
+    save_file({k: v + 1 for k, v in load_file(str(snapshot / "model.safetensors")).items()}, str(other))
+    config = json.loads((snapshot / "config.json").read_text())
+    config["zoo"]["files"]["model.safetensors"] = weights.sha256_file(other)
+    (snapshot / "config.json").write_text(json.dumps(config))
+    shutil.copy(other, snapshot / "model.safetensors")
+    table = json.loads(env["table"].read_text())
+    table[f"{RESNET}.t1"].update(hf_hub_id="org/repo", revision=None)
+    (tmp_path / "table.json").write_text(json.dumps(table))      # a private copy: the module's table stays
+    monkeypatch.setenv(weights.TABLE_ENV, str(tmp_path / "table.json"))
+    monkeypatch.setattr(weights, "_hub_download", lambda repo, where, filename, local, cache_dir: snapshot / filename)
+    with pytest.raises(weights.HashMismatchError):
+        zoo.create_model(f"hf-hub:org/repo{revision}")
 
 
 def test_folder_loads_check_the_config_hashes(env, tmp_path):

@@ -44,9 +44,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +67,7 @@ from zoo.runs import atomic_write, save_pretrainer, update_metrics
 from train.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
 from train.mask_grid import masker_picture, save_mask_grid
 from train.optim import build_optimizer, build_schedule, phase_named_parameters
-from train.recipe import Recipe
+from train.recipe import Recipe, translate_legacy_phase_keys
 from train.sampling import SeededSamples, StepSampler
 
 
@@ -231,6 +231,16 @@ def mask_picture_batch(recipe: Recipe, pretrainer, data: Data, accelerator: Acce
     return torch.stack([plain[i][0] for i in range(min(8, len(plain)))]).to(accelerator.device)
 
 
+def recipe_changes(saved: dict, recipe: Recipe) -> dict[str, tuple]:
+    """{key: (checkpoint's value, recipe's value)} for every computing key that differs; a checkpoint
+    of an older run, with the flat per-phase keys (`masker_lr`), is read in the `phases` format."""
+    now = recipe.to_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        then = translate_legacy_phase_keys(saved, "checkpoint")
+    return {k: (v, now.get(k)) for k, v in then.items() if k not in _BOOKKEEPING and now.get(k) != v}
+
+
 def resume(recipe: Recipe, accelerator: Accelerator, found: tuple[int, Path] | None, last_step: int) -> int:
     """Restore model, optimizers and RNG from the newest checkpoint if resume=true; the step to go on from."""
     if not recipe.resume:
@@ -241,8 +251,7 @@ def resume(recipe: Recipe, accelerator: Accelerator, found: tuple[int, Path] | N
     progress = load_checkpoint(accelerator, found[1])
     step = progress["step"]
     accelerator.print(f"resumed from {found[1]} at step {step}/{last_step}")
-    changed = {k: (v, recipe.to_dict().get(k)) for k, v in progress.get("recipe", {}).items()
-               if k not in _BOOKKEEPING and recipe.to_dict().get(k) != v}
+    changed = recipe_changes(progress.get("recipe", {}), recipe)
     if changed:                                # allowed (e.g. a fixed data path), but not step-exact
         accelerator.print("warning: the recipe differs from the checkpoint's, the run is no longer "
                           "step-exact: " + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))

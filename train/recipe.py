@@ -308,10 +308,11 @@ def check_phases(entry, phases: dict, source: str = "recipe") -> dict:
 
 def _legacy_phase_key(key: str) -> tuple[str, str] | None:
     """(phase, key) of an old flat per-phase key (`masker_lr` -> ("masker", "lr")): `<phase>_<key>`
-    where <phase> is a non-main phase of some registered method and <key> one of PHASE_KEYS."""
+    where <phase> is a non-main phase of some registered method and <key> one of the keys the flat
+    format had (optimizer, lr, weight_decay; grad_clip came with the block)."""
     if key in _field_names():
         return None
-    for name in PHASE_KEYS:
+    for name in PHASE_KEYS[:3]:
         phase = key.removesuffix(f"_{name}")
         if phase != key and phase in _registered_phases():
             return phase, name

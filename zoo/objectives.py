@@ -65,9 +65,9 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from zoo.backbones import encode, ids_keep_from_mask, is_vit, patch_grid, vit_tokens
-# The losses and layers live in zoo/losses.py and zoo/layers.py. Their names are also importable
-# from here, where they lived before the split, for the files that still import them so
-# (zoo/methods/hpm.py: ema_, xavier_init_; tests/nt_xent_worker.py: nt_xent; tests/test_objectives.py).
+# The losses and layers live in zoo/losses.py and zoo/layers.py; their names stay importable from
+# here, where they lived before the split, so that users' `from zoo.objectives import nt_xent` keeps
+# working (tests/test_objectives_args.py checks they are the moved objects).
 from zoo.layers import (cosine_momentum, ema_, fix_sincos_pos_embed_, mlp, sincos_pos_embed,  # noqa: F401
                         xavier_init_)
 from zoo.losses import byol_loss, neg_cosine, nt_xent  # noqa: F401

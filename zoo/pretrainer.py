@@ -83,6 +83,8 @@ class Pretrainer(nn.Module):
     def __init__(self, backbone: nn.Module, objective: nn.Module, masker: nn.Module | None = None):
         super().__init__()
         self.backbone, self.objective, self.masker = backbone, objective, masker
+        if masker is None:                      # the plain controls hide nothing (as their registry entries say)
+            self.masked_views = ()
 
     @classmethod
     def masked_views_of(cls, objective: str | None = None) -> tuple[int, ...]:

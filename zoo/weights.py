@@ -340,11 +340,13 @@ def _from_hub(repo: str, file: str, pretrained: bool, cache_dir) -> Resolved:
     """Download config.json (+ file) of a Hub repo into the cache; check it as a folder, and against the
     table's hash when the table names that repo (at that revision)."""
     repo_id, _, revision = repo.partition("@")
-    known = next((e for e in load_table().values() if e.get("hf_hub_id") == repo_id
-                  and (not revision or revision == e.get("revision"))), {})
     where = {"hf_hub_id": repo_id, "revision": revision or None}
     for filename in ["config.json", *([file] if pretrained else [])]:
         folder = _hub_download(repo, where, filename, None, cache_dir).parent
+    # the table's hash holds for the repo at any revision when the table pins none, else at the one it
+    # pins (the snapshot folder is named by its commit): pinning a revision never turns the check off
+    known = next((e for e in load_table().values() if e.get("hf_hub_id") == repo_id
+                  and e.get("revision") in (None, revision, folder.name)), {})
     return _from_folder(f"hf-hub:{repo}", folder, file, pretrained, known.get("files", {}).get(file))
 
 
@@ -420,8 +422,10 @@ def _corrupt_reason(path: str | os.PathLike, error: str) -> str:
             return f"not a safetensors file or truncated (header of {n} bytes in a {size}-byte file)"
         try:
             header = json.loads(f.read(n))
-            tensors = [(k, t["dtype"], t["shape"], t["data_offsets"]) for k, t in header.items()
-                       if k != "__metadata__"]
+            tensors = [(k, t["dtype"], [int(d) for d in t["shape"]], tuple(int(o) for o in t["data_offsets"]))
+                       for k, t in header.items() if k != "__metadata__"]
+            if any(len(offsets) != 2 for *_, offsets in tensors):
+                return f"malformed header entry: data_offsets must be [start, stop] ({error})"
         except (ValueError, TypeError, KeyError, AttributeError):
             return f"unreadable safetensors header ({error})"
     for key, dtype, shape, (start, stop) in tensors:

@@ -66,7 +66,7 @@ Deviations from the reference, and why:
 - `main_pretrain.py` l234 reads `args.byol`, which its parser does not define (an
   AttributeError as released); we follow the evident intent, an EMA model whenever
   `learning_loss` is on (l236: `ModelEma(model, decay=0.999)`).
-- The teacher averages parameters only (zoo.objectives.ema_); timm's ModelEma also averages
+- The teacher averages parameters only (zoo.layers.ema_); timm's ModelEma also averages
   buffers, and this model has none that change (the fixed sin-cos tables are constants).
 - Losses and predicted-loss scores in fp32 under bf16 autocast (the network itself runs in bf16); the
   reference runs fp16 autocast with a loss scaler.
