@@ -102,13 +102,15 @@ def model_parts(batch: int, configs: dict) -> dict:
     return out
 
 
-def loop(batch: int, steps: int, augment_on: str, threads: int) -> dict:
+def loop(batch: int, steps: int, augment_on: str, threads: int, overrides: tuple[str, ...] = ()) -> dict:
+    """train/pretrain.py on the recipe (+ overrides) for `steps` steps: median images/s of its log lines
+    after the first, and the process's wall-clock."""
     with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "train/pretrain.py", "--recipe", RECIPE, f"max_steps={steps}",
                         f"batch_size={batch}", "log_every=5", f"augment_on={augment_on}", "num_workers=1",
-                        "ckpt_every=0", f"run_dir={tmp}/run"], cwd=ROOT, env=env, check=True,
+                        "ckpt_every=0", f"run_dir={tmp}/run", *overrides], cwd=ROOT, env=env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         log = [json.loads(line) for line in Path(tmp, "run", "log.jsonl").read_text().splitlines()]
         return {"images_per_s": statistics.median(r["images_per_s"] for r in log[1:]),

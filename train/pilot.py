@@ -103,19 +103,12 @@ def evaluate(config: str, epochs: int) -> dict:
 def throughput(steps: int = 30, rounds: int = 2, threads: int = 2) -> dict:
     """Images/s of each configuration's whole loop, interleaved rounds on this host (median of rounds)."""
     import statistics
-    import tempfile
     from benchmarks.common import cpu_model
+    from benchmarks.step_time import loop
     seen: dict[str, list[float]] = {c: [] for c in CONFIGS}
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     for _ in range(rounds):
         for config, (overrides, _) in CONFIGS.items():
-            with tempfile.TemporaryDirectory() as tmp:
-                subprocess.run([sys.executable, "train/pretrain.py", "--recipe", RECIPE, f"max_steps={steps}",
-                                "augment_on=device", "num_workers=1", "ckpt_every=0", "log_every=5",
-                                f"run_dir={tmp}/run", *overrides], cwd=ROOT, env=env, check=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                log = [json.loads(line) for line in Path(tmp, "run", "log.jsonl").read_text().splitlines()]
-                seen[config].append(statistics.median(r["images_per_s"] for r in log[1:]))
+            seen[config].append(loop(256, steps, "device", threads, tuple(overrides))["images_per_s"])
     return {"cpu": cpu_model(), "threads": threads, "steps": steps, "rounds": rounds,
             "command": "python train/pilot.py --throughput",
             "images_per_s": {c: round(statistics.median(v), 1) for c, v in seen.items()}}

@@ -264,10 +264,11 @@ def train(recipe: Recipe, accelerator: Accelerator, model, pretrainer, optimizer
           data: Data, picture: torch.Tensor | None, log: TrainingLog, step: int) -> int:
     """Optimizer steps from `step` to `data.last_step`; returns the step reached."""
     batches = data.loader_from(step, recipe.seed) if step < data.last_step else None
+    grad_clip = {ph: recipe.phase_grad_clip(ph) for ph in optimizers}
     while step < data.last_step:
         micro_batches = next_micro_batches(batches, recipe, data, accelerator.device, step)
         losses = train_step(accelerator, model, optimizers, schedules, micro_batches, step, Path(recipe.run_dir),
-                            {ph: recipe.phase_grad_clip(ph) for ph in optimizers})
+                            grad_clip)
         pretrainer.update((step + 1) / data.total_steps)     # EMA teachers, progress-driven schedules
         step += 1
         log.add(losses)

@@ -214,15 +214,16 @@ class Recipe:
     def phase_optimizer(self, phase: str) -> tuple[str, float, float]:
         """(optimizer, lr, weight_decay) of a phase: its `phases` block's values where set, else the
         top-level ones (always for the main phase)."""
-        block = self.phases.get(phase) or {}
-        kind, lr, wd = (block.get(key) for key in PHASE_KEYS[:3])
-        return (self.optimizer if kind is None else kind, self.lr if lr is None else lr,
-                self.weight_decay if wd is None else wd)
+        return tuple(self.phase_value(phase, key) for key in ("optimizer", "lr", "weight_decay"))
+
+    def phase_value(self, phase: str, key: str):
+        """One of PHASE_KEYS for a phase: its `phases` block's value where set, else the top-level one."""
+        value = (self.phases.get(phase) or {}).get(key)
+        return getattr(self, key) if value is None else value
 
     def phase_grad_clip(self, phase: str) -> float:
-        """Max gradient norm of a phase (0: no clipping): its block's `grad_clip` where set, else the top level."""
-        value = (self.phases.get(phase) or {}).get("grad_clip")
-        return self.grad_clip if value is None else value
+        """Max gradient norm of a phase (0: no clipping)."""
+        return self.phase_value(phase, "grad_clip")
 
     def to_dict(self) -> dict:
         """Plain YAML-safe dict (tuples as lists): what `recipe.yaml` in the run directory holds."""
