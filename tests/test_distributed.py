@@ -52,7 +52,8 @@ def test_two_cpu_processes_keep_identical_replicas(tmp_path):
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
            str(ROOT / "tests" / "tiny_launch.py"), "--recipe", str(recipe), f"run_dir={run_dir}"]
     env = {**{k: v for k, v in os.environ.items() if k != "TINY_KILL_AT"},
-           "ACCELERATE_USE_CPU": "1", "TINY_DUMP": str(dump), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+           "ACCELERATE_USE_CPU": "1", "TINY_DUMP": str(dump), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
+           "ZOO_FORCE_BF16": "1"}     # the recipe's bf16 even on a CPU without native bf16 kernels
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=540, env=env)
     assert done.returncode == 0, done.stderr[-4000:]
 

@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader, Subset  # noqa: E402
 
 from train import eval_common as ec  # noqa: E402
 from zoo.data import collate_skip_bad, dataset_stats, finetune_transform  # noqa: E402
+from zoo.precision import accelerate_device_type, resolve as resolve_precision  # noqa: E402
 
 LOW_LABEL_STEPS, LOW_LABEL_WARMUP = 500, 50
 
@@ -156,7 +157,10 @@ def main(argv=None) -> dict:
         p.error(f"--labels is a fraction in (0, 1], got {args.labels}")
     if args.baselines and args.labels is None:
         p.error("--baselines belongs to the low-label protocol: pass --labels 0.01 (or 0.1)")
-    accelerator = Accelerator(mixed_precision="bf16" if args.bf16 else "no", cpu=args.cpu)
+    precision, why = resolve_precision("bf16" if args.bf16 else "fp32", accelerate_device_type(args.cpu))
+    if why:
+        print(f"warning: {why}", file=sys.stderr)
+    accelerator = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=args.cpu)
     t0 = time.time()
 
     data = ec.data_name(args)

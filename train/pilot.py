@@ -85,9 +85,8 @@ def evaluate(config: str, epochs: int) -> dict:
     tf = eval_transform(size, stats["mean"], stats["std"])
     train = build_dataset("fashion_mnist", "train", image_size=size, transform=tf)
     test = build_dataset("fashion_mnist", "test", image_size=size, transform=tf)
-    with torch.autocast("cpu", torch.bfloat16):
-        train_f, train_y = extract_features(backbone, train)
-        test_f, test_y = extract_features(backbone, test)
+    train_f, train_y = extract_features(backbone, train, bf16=True)
+    test_f, test_y = extract_features(backbone, test, bf16=True)
     knn = knn_classify(train_f.float(), train_y, test_f.float(), test_y)
     linear = linear_probe(train_f, train_y, test_f, test_y)
     metrics = json.loads((out / "metrics.json").read_text())["pretrain"]

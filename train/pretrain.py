@@ -38,7 +38,9 @@ Decisions, and why:
 - A non-finite loss stops the run before its backward, naming step and phase; the last checkpoint
   was written before it and is kept. All processes agree on the check (one all-reduce per phase).
 - Mixed precision: bf16 autocast (also on CPU, where accelerate supports it and fp16 is ignored);
-  objectives cast what matters to fp32 themselves.
+  objectives cast what matters to fp32 themselves. A CPU without native bf16 kernels (AVX2 only)
+  runs the recipe in fp32 instead, with a warning and metrics.json's mixed_precision "no": there
+  bf16 matmuls ran ~400x slower than fp32 (zoo.precision).
 """
 from __future__ import annotations
 
@@ -63,6 +65,7 @@ import zoo
 from zoo.data import build_dataset, collate_skip_bad, dataset_stats, eval_transform, two_views
 from zoo.data.batch_views import BatchViews, ViewParams, collate_draws
 from zoo.kernels import fast_kernels
+from zoo.precision import accelerate_device_type, resolve as resolve_precision
 from zoo.runs import atomic_write, save_pretrainer, update_metrics
 from train.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
 from train.mask_grid import masker_picture, save_mask_grid
@@ -131,15 +134,21 @@ def checkpoint_to_resume(recipe: Recipe, run_dir: Path) -> tuple[int, Path] | No
 
 
 def build_accelerator(recipe: Recipe, run_dir: Path) -> Accelerator:
-    """Processes and precision; the global batch must split into micro-batches evenly."""
+    """Processes and precision; the global batch must split into micro-batches evenly.
+
+    The recipe's bf16 becomes fp32 on a device without native bf16 kernels (zoo.precision), said
+    once and recorded in metrics.json as the run's mixed_precision."""
+    precision, why = resolve_precision(recipe.precision, accelerate_device_type())
     accelerator = Accelerator(
-        mixed_precision="bf16" if recipe.precision == "bf16" else "no",
+        mixed_precision="bf16" if precision == "bf16" else "no",
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         log_with="tensorboard" if recipe.tensorboard else None,
         project_dir=str(run_dir))
     if recipe.batch_size % (accelerator.num_processes * recipe.grad_accum):
         raise TrainingStopped(f"batch_size {recipe.batch_size} (global) must be divisible by "
                               f"{accelerator.num_processes} processes x grad_accum {recipe.grad_accum}")
+    if why:
+        accelerator.print(f"warning: {why}")
     return accelerator
 
 

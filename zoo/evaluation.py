@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,7 @@ from torch.utils.data import DataLoader
 
 from zoo import weights
 from zoo.data import collate_skip_bad
+from zoo.precision import resolve as resolve_precision
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,7 +104,8 @@ def extract_features(backbone: nn.Module, data, batch_size: int = 256, device=No
 
     data: a Dataset yielding (image tensor, label) or a DataLoader (unreadable images dropped by
     `collate_skip_bad`). The backbone runs in eval mode (restored afterwards), without gradients,
-    on its own device unless `device` is given, under bf16 autocast if `bf16`.
+    on its own device unless `device` is given, under bf16 autocast if `bf16` (fp32, with a warning,
+    where the device has no native bf16 kernels: zoo.precision).
 
     Example:
         >>> import torch
@@ -119,6 +122,11 @@ def extract_features(backbone: nn.Module, data, batch_size: int = 256, device=No
     was_training = backbone.training
     backbone.eval()
     feats, labels = [], []
+    if bf16:
+        precision, why = resolve_precision("bf16", device)
+        if why:
+            warnings.warn(why, stacklevel=2)
+        bf16 = precision == "bf16"
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16
                 else contextlib.nullcontext())
     try:
