@@ -197,6 +197,26 @@ def test_card_template_leaves_out_what_does_not_apply():
     assert "No metrics were recorded for this weight." in fake_card(metrics={})
 
 
+def test_card_low_label_rows_pair_scratch_and_raw_pixel_logreg():
+    """train/finetune.py's low-label keys: the scratch run is the untrained column, the raw-pixel
+    logistic regression the raw column; a fine-tune at or below either is named in the first line."""
+    metrics = {"d/knn_top1_k20": 90.0, "d/raw_pixels/knn_top1_k20": 85.5,
+               "d/finetune_top1_1pct": 70.5, "d/untrained/finetune_top1_1pct": 71.25,
+               "d/raw_pixels/logreg_top1_1pct": 69.0,
+               "d/finetune_top1_10pct": 88.0, "d/untrained/finetune_top1_10pct": 80.0,
+               "d/raw_pixels/logreg_top1_10pct": 90.5}
+    assert zpub.below_baselines(metrics, "d") == ["fine-tune 1 % labels 70.5 <= from scratch 71.2",
+                                                  "fine-tune 10 % labels 88.0 <= raw pixels 90.5"]
+    card = ModelCard(fake_card(metrics=metrics, commands={"_1pct": "python train/finetune.py X --labels 0.01"}))
+    assert "| fine-tune top-1, 1 % labels, d | 70.5 | 71.25 | 69 |" in card.text
+    assert "| fine-tune top-1, 10 % labels, d | 88 | 80 | 90.5 |" in card.text
+    assert "logreg" not in card.text.split("## Results")[1].split("## Exported")[0].split("Re-measure")[0]
+    assert "    python train/finetune.py X --labels 0.01" in card.text
+    assert {r.metric_name: r.metric_value for r in card.data.eval_results}["fine-tune top-1, 1 % labels, d"] == 70.5
+    body = [line for line in card.text.splitlines() if line]
+    assert body[1].startswith("**Does not beat the trivial baseline") and "from scratch 71.2" in body[1]
+
+
 def test_publish_is_atomic_and_checks_the_backbone(env, tmp_path, monkeypatch):
     out = tmp_path / "w" / "x.t"
     out.mkdir(parents=True)

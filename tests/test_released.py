@@ -164,6 +164,23 @@ def test_release_plan_is_checked(tmp_path):
     bad.write_text("releases:\n  - recipe: recipes/simclr_resnet18.fmnist.yaml\n    seed: [0]\n")
     with pytest.raises(SystemExit, match="unknown keys \\['seed'\\]"):
         load_plan(bad)
+    bad.write_text("releases:\n  - recipe: recipes/simclr_resnet18.fmnist.yaml\n    low_label: [1]\n")
+    with pytest.raises(SystemExit, match="low_label takes label fractions in \\(0, 1\\)"):
+        load_plan(bad)
+
+
+def test_release_runs_the_low_label_protocol_on_the_released_file(tmp_path, capsys, monkeypatch):
+    import train.release as release
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("releases:\n  - recipe: recipes/mae_vit_tiny_patch4_32.fmnist.yaml\n"
+                    "    eval: [--bf16]\n    low_label: [0.01, 0.1]\n")
+    monkeypatch.setattr(release, "RUNS", tmp_path / "runs")
+    release.first_pass(release.load_plan(plan)[0], dry=True)
+    printed = [line for line in capsys.readouterr().out.splitlines() if "finetune.py" in line]
+    run = tmp_path / "runs" / "mae_vit_tiny_patch4_32.fmnist" / "seed0"
+    assert [line.split("train/", 1)[1] for line in printed] == [
+        f"finetune.py mae_vit_tiny_patch4_32.fmnist --labels {f} --baselines --bf16 --out {run}" for f in ("0.01", "0.1")]
+    assert release.low_label_suffix(0.01) == "_1pct" and release.low_label_suffix(0.005) == "_0p5pct"
 
 
 @pytest.mark.slow
@@ -182,16 +199,16 @@ def test_card_command_reproduces_the_card(key, tmp_path):
             assert got[k] == pytest.approx(v, abs=1e-6), k
 
 
-def test_a_card_below_raw_pixels_says_so_in_its_first_line():
+def test_a_card_below_baselines_says_so_in_its_first_line():
     import json
-    from zoo.publish import below_raw_pixels
+    from zoo.publish import below_baselines
     root = Path(__file__).resolve().parents[1]
     table = json.loads((root / "zoo" / "released.json").read_text())
-    assert below_raw_pixels({"d/knn_top1_k20": 80.0, "d/raw_pixels/knn_top1_k20": 85.5,
+    assert below_baselines({"d/knn_top1_k20": 80.0, "d/raw_pixels/knn_top1_k20": 85.5,
                              "d/linear_top1": 83.0, "d/raw_pixels/linear_top1": 82.3}, "d") == \
         ["kNN k=20 80.0 <= raw pixels 85.5"]
     for key, entry in table.items():
-        misses = below_raw_pixels(entry["metrics"], entry["recipe"]["data"])
+        misses = below_baselines(entry["metrics"], entry["recipe"]["data"])
         body = [line for line in (root / "weights" / key / "README.md").read_text().split("---", 2)[2].splitlines() if line]
         assert body[0] == f"# {key}"
         assert body[1].startswith("**Does not beat the trivial baseline") == bool(misses), key

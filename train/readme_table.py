@@ -20,7 +20,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))                     # run from a clone without installing
-from zoo.publish import below_raw_pixels  # noqa: E402
+from zoo.publish import below_baselines  # noqa: E402
 from zoo.registry import METHODS  # noqa: E402
 
 README = REPO / "README.md"
@@ -69,24 +69,28 @@ def minutes(card: dict) -> float | None:
 
 def weights_table(all_cards: dict, weights_dir: Path) -> list[str]:
     lines = ["| weight | method (base) | data | kNN k=20 | kNN k=200 | linear | untrained: kNN k=20 / linear | "
-             "raw pixels: kNN k=20 / linear | mask score (random, block) | pretraining | size |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "raw pixels: kNN k=20 / linear | 1 % labels: fine-tune / scratch / raw pixels | "
+             "mask score (random, block) | pretraining | size |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for key, card in all_cards.items():
         pre = card["pretrainer"]
         method = METHODS[pre["model"]].method + (f" ({pre['objective']})" if pre.get("objective") else "")
         vals = [with_sd(*mean_sd(card, c)[:2]) for c in COLS]
         base = [f"{fmt(metric(card, 'knn_top1_k20', g))} / {fmt(metric(card, 'linear_top1', g))}"
                 for g in ("untrained/", "raw_pixels/")]
+        low = [metric(card, "finetune_top1_1pct"), metric(card, "finetune_top1_1pct", "untrained/"),
+               metric(card, "logreg_top1_1pct", "raw_pixels/")]
+        low_label = " / ".join(map(fmt, low)) if any(v is not None for v in low) else "-"
         ms = card["metrics"].get("scenes/mask_score")
         mask = "-" if ms is None else (f"{ms:.3f} ({card['metrics'].get('scenes/mask_score_random', 0):.3f}, "
                                        f"{card['metrics'].get('scenes/mask_score_block', 0):.3f})")
         pre_facts = card["metrics"].get("pretrain") or {}
         cost = (f"{minutes(card):.1f} min, {pre_facts.get('images', 0) // 1000}k img" if minutes(card) else "-")
         size = sum(f.stat().st_size for f in (weights_dir / key).glob("*.safetensors")) / 2 ** 20
-        misses = below_raw_pixels(card["metrics"], data_of(card))
-        below = "<br>**below raw pixels:** " + "; ".join(misses) if misses else ""
+        misses = below_baselines(card["metrics"], data_of(card))
+        below = "<br>**below a trivial baseline:** " + "; ".join(misses) if misses else ""
         lines.append(f"| [`{key}`](weights/{key}/README.md){below} | {method} | {data_of(card)} | "
-                     + " | ".join(vals) + f" | {base[0]} | {base[1]} | {mask} | {cost} | {size:.0f} MB |")
+                     + " | ".join(vals) + f" | {base[0]} | {base[1]} | {low_label} | {mask} | {cost} | {size:.0f} MB |")
     return lines
 
 

@@ -52,12 +52,15 @@ def machine() -> str:
 def load_plan(path: Path = PLAN) -> list[dict]:
     plan = yaml.safe_load(path.read_text())["releases"]      # other top-level keys: YAML anchors
     for item in plan:
-        unknown = set(item) - {"recipe", "seeds", "eval", "mask_score", "default", "controls"}
+        unknown = set(item) - {"recipe", "seeds", "eval", "mask_score", "default", "controls", "low_label"}
         if unknown:
             raise SystemExit(f"{path}: unknown keys {sorted(unknown)} in {item}")
         item["key"] = Path(item["recipe"]).name.removesuffix(".yaml")
         item.setdefault("seeds", [0])
         item["eval"] = [str(a) for a in item.get("eval", [])]
+        item["low_label"] = [float(f) for f in item.get("low_label", [])]
+        if not all(0 < f < 1 for f in item["low_label"]):
+            raise SystemExit(f"{path}: low_label takes label fractions in (0, 1), got {item['low_label']}")
     return plan
 
 
@@ -116,13 +119,37 @@ def evaluate(item: dict, source: str, run_dir: Path, baselines: bool, dry: bool)
         write_metrics(run_dir, {"commands": commands})
 
 
+def low_label_suffix(fraction: float) -> str:
+    """train/finetune.py's metric-key suffix of a label fraction: 0.01 -> "_1pct"."""
+    from train.finetune import percent
+    return f"_{percent(fraction)}pct"
+
+
+def low_label(item: dict, source: str, run_dir: Path, dry: bool) -> None:
+    """The low-label fine-tunes of the released file (train/finetune.py --labels F --baselines:
+    pretrained, from scratch and a raw-pixel logistic regression on one class-balanced subset)."""
+    data = data_of(item)
+    for fraction in item["low_label"]:
+        suffix = low_label_suffix(fraction)
+        if f"{data}/finetune_top1{suffix}" in metrics_of(run_dir):
+            continue
+        cmd = ["python", "train/finetune.py", source, "--labels", f"{fraction:g}", "--baselines",
+               *(["--bf16"] if "--bf16" in item["eval"] else [])]
+        run([sys.executable, *cmd[1:], "--out", str(run_dir)], dry)
+        if not dry:          # the card's word for the command: every key of this fraction ends in it
+            write_metrics(run_dir, {"commands": {**metrics_of(run_dir).get("commands", {}), suffix: shlex.join(cmd)}})
+
+
 def first_pass(item: dict, dry: bool) -> None:
     seed = item["seeds"][0]
     run_dir = pretrain(item, seed, dry)
-    if f"{data_of(item)}/knn_top1_k20" in metrics_of(run_dir) and (REPO / "weights" / item["key"]).exists():
+    done = metrics_of(run_dir)
+    if f"{data_of(item)}/knn_top1_k20" in done and (REPO / "weights" / item["key"]).exists() and all(
+            f"{data_of(item)}/finetune_top1{low_label_suffix(f)}" in done for f in item["low_label"]):
         return
     publish(item, run_dir, dry)                       # the released fp16 file, which is evaluated
     evaluate(item, item["key"], run_dir, baselines=True, dry=dry)
+    low_label(item, item["key"], run_dir, dry)
     publish(item, run_dir, dry)                       # now with its metrics
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -103,18 +104,33 @@ _LABELS = {"knn_top1_k20": "kNN top-1 (k=20)", "knn_top1_k200": "kNN top-1 (k=20
            "linear_top1": "linear probe top-1", "linear_train_top1": "linear probe train top-1",
            "finetune_top1": "fine-tune top-1", "mask_score": "mask score"}
 HEADLINE = ("knn_top1_k20", "knn_top1_k200", "linear_top1", "finetune_top1", "mask_score")
+# train/finetune.py's low-label protocol: "<data>/finetune_top1_<pct>pct" (scratch under "untrained/"),
+# its raw-pixel logistic regression "<data>/raw_pixels/logreg_top1_<pct>pct"
+LOW_LABEL = re.compile(r"^finetune_top1_(\d+(?:p\d+)?)pct$")   # 1 %: _1pct, 0.5 %: _0p5pct
+
+
+def _headline_leaf(leaf: str) -> bool:
+    return leaf in HEADLINE or bool(LOW_LABEL.match(leaf))
 
 
 def _label(key: str) -> str:
     group, _, leaf = key.rpartition("/")
-    label = _LABELS.get(leaf, leaf)
+    low = LOW_LABEL.match(leaf)
+    label = f"fine-tune top-1, {low.group(1).replace('p', '.')} % labels" if low else _LABELS.get(leaf, leaf)
     return f"{label}, {group.replace('/', ' ')}" if group else label
+
+
+def _raw_pixels_key(group: str, leaf: str) -> str:
+    """Where the raw-pixel baseline of a result is: the same leaf, or the low-label logreg."""
+    low = LOW_LABEL.match(leaf)
+    raw_leaf = f"logreg_top1_{low.group(1)}pct" if low else leaf
+    return f"{group}/raw_pixels/{raw_leaf}" if group else f"raw_pixels/{raw_leaf}"
 
 
 def headline(metrics: dict) -> dict[str, float]:
     """{label: value} of the model's own headline results (kNN, linear, fine-tune, mask score)."""
     own = split_metrics(metrics)[0]
-    return {_label(k): v for k, v in own.items() if k.rpartition("/")[2] in HEADLINE}
+    return {_label(k): v for k, v in own.items() if _headline_leaf(k.rpartition("/")[2])}
 
 
 def seeds_summary(seeds: dict) -> dict:
@@ -140,15 +156,24 @@ def _jsonable(obj):
     return json.loads(json.dumps(obj, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
 
 
-def below_raw_pixels(metrics: dict, data: str) -> list[str]:
-    """The headline metrics (kNN k=20, linear probe) at or below raw pixels on the weight's own
-    test set, e.g. ["kNN k=20 76.5 <= raw pixels 85.5"]; the card's first line and the README row
-    say so."""
+def below_baselines(metrics: dict, data: str) -> list[str]:
+    """The headline metrics (kNN k=20, linear probe, each low-label fine-tune) at or below raw
+    pixels on the weight's own test set, and each low-label fine-tune at or below the same
+    architecture fine-tuned from scratch on the same labels, e.g. ["kNN k=20 76.5 <= raw pixels
+    85.5", "fine-tune 1 % labels 70.2 <= from scratch 71.0"]; the card's first line and the README
+    row say so."""
+    pairs = [(f"{data}/{leaf}", f"{data}/raw_pixels/{leaf}", label, "raw pixels")
+             for leaf, label in (("knn_top1_k20", "kNN k=20"), ("linear_top1", "linear probe"))]
+    low_label = sorted((float(m.group(1).replace("p", ".")), leaf) for key in metrics if key.startswith(f"{data}/")
+                       and (m := LOW_LABEL.match(leaf := key[len(data) + 1:])))
+    for pct, leaf in low_label:
+        pairs += [(f"{data}/{leaf}", _raw_pixels_key(data, leaf), f"fine-tune {pct:g} % labels", "raw pixels"),
+                  (f"{data}/{leaf}", f"{data}/untrained/{leaf}", f"fine-tune {pct:g} % labels", "from scratch")]
     misses = []
-    for leaf, label in (("knn_top1_k20", "kNN k=20"), ("linear_top1", "linear probe")):
-        value, raw = metrics.get(f"{data}/{leaf}"), metrics.get(f"{data}/raw_pixels/{leaf}")
+    for key, base_key, label, base in pairs:
+        value, raw = metrics.get(key), metrics.get(base_key)
         if isinstance(value, (int, float)) and isinstance(raw, (int, float)) and value <= raw:
-            misses.append(f"{label} {value:.1f} <= raw pixels {raw:.1f}")
+            misses.append(f"{label} {value:.1f} <= {base} {raw:.1f}")
     return misses
 
 
@@ -175,12 +200,12 @@ def model_card(*, name: str, tag: str, entry, cfg: dict, num_features: int, hf_h
     eval_results = []
     for k, v in own.items():
         group, _, leaf = k.rpartition("/")
-        if leaf not in HEADLINE:
+        if not _headline_leaf(leaf):
             continue
         ds = group.split("/")[0] if group else data          # eval scripts prefix keys with their data
         eval_results.append(EvalResult(
             task_type="image-classification", task_name="Image classification (frozen features)"
-            if leaf != "finetune_top1" else "Image classification (fine-tuned)",
+            if not leaf.startswith("finetune_top1") else "Image classification (fine-tuned)",
             dataset_type=hub_id(ds) or f"zoo/{ds}", dataset_name=ds, dataset_split="test",
             metric_type="accuracy" if "top1" in leaf else leaf, metric_value=v, metric_name=_label(k)))
     card_data = ModelCardData(
@@ -194,7 +219,8 @@ def model_card(*, name: str, tag: str, entry, cfg: dict, num_features: int, hf_h
     results, used = [], set()
     for k, v in own.items():
         group, _, leaf = k.rpartition("/")
-        side = {kind: f"{group}/{kind}/{leaf}" if group else f"{kind}/{leaf}" for kind in ("untrained", "raw_pixels")}
+        side = {"untrained": f"{group}/untrained/{leaf}" if group else f"untrained/{leaf}",
+                "raw_pixels": _raw_pixels_key(group, leaf)}
         used.update(side.values())
         results.append({"label": _label(k), "value": v, "untrained": baselines.get(side["untrained"]),
                         "raw": baselines.get(side["raw_pixels"])})
@@ -206,7 +232,7 @@ def model_card(*, name: str, tag: str, entry, cfg: dict, num_features: int, hf_h
     commands_used = list(dict.fromkeys(c for c in map(command, [*own, *baselines]) if c))
     card = ModelCard.from_template(
         card_data, template_path=str(CARD_TEMPLATE),
-        title=f"{name}.{tag}", misses=below_raw_pixels(metrics, data), timm_arch=entry.timm_arch,
+        title=f"{name}.{tag}", misses=below_baselines(metrics, data), timm_arch=entry.timm_arch,
         arch=entry.arch, method=entry.method, objective=recipe.get("objective"), ours=entry.ours, data=data,
         num_features=num_features, input_size=tuple(cfg["input_size"]), mean=tuple(cfg["mean"]),
         std=tuple(cfg["std"]), has_masker=has_masker, hf_hub_id=hf_hub_id, protocol=PROTOCOL,
