@@ -7,7 +7,8 @@
    recipes/demo.adios_resnet18.simclr_scenes.yaml, through train/pretrain.py's `main` (the same
    loop `accelerate launch` runs).
 2. kNN top-1 on held-out scenes (zoo.evaluation: weighted kNN, cosine, T = 0.1, k = 20 and 200,
-   unaugmented 32 px images) for the trained backbone, the same architecture untrained (same
+   unaugmented 32 px images) and the linear probe (zoo.evaluation.linear_probe, its fixed
+   protocol) on the same features, for the trained backbone, the same architecture untrained (same
    seed as training's initialisation) and raw pixels, in the same run; and every released scenes
    weight loaded by `zoo.create_model(name, pretrained=True)`, on the same scenes, to show what a
    longer run than a few minutes buys.
@@ -42,7 +43,7 @@ import zoo  # noqa: E402
 from train import pretrain  # noqa: E402
 from train.mask_grid import save_mask_grid  # noqa: E402
 from zoo.data import DATASETS, SceneDataset, eval_transform  # noqa: E402
-from zoo.evaluation import extract_features, knn_classify, random_masks_like, score_masker  # noqa: E402
+from zoo.evaluation import extract_features, knn_classify, linear_probe, random_masks_like, score_masker  # noqa: E402
 
 RECIPE = REPO / "recipes" / "demo.adios_resnet18.simclr_scenes.yaml"
 NAME, TAG = "adios_resnet18", "demo_scenes"
@@ -56,22 +57,26 @@ def scenes_tensors(split: str, n: int, image_size: int) -> tuple[torch.Tensor, t
     return torch.stack(xs), torch.tensor(ys)
 
 
-def knn(backbone, train, test) -> dict:
+def measure(backbone, train, test) -> dict:
+    """kNN top-1 (k = 20, 200) and linear-probe top-1 of frozen features, one feature pass."""
     data = [list(zip(*t)) for t in (train, test)]
     (train_f, train_y), (test_f, test_y) = (extract_features(backbone, d, batch_size=256) for d in data)
-    return knn_classify(train_f, train_y, test_f, test_y, k=(20, 200), T=0.1)
+    linear = linear_probe(train_f, train_y, test_f, test_y)
+    return {**knn_classify(train_f, train_y, test_f, test_y, k=(20, 200), T=0.1),
+            "linear_top1": linear["linear_top1"]}
 
 
 def released_rows(results: dict) -> list[tuple[str, str]]:
     """One row per released scenes weight measured in this run (longer runs than the demo's)."""
-    raw = results["scenes/raw_pixels/knn_top1_k20"]
+    raw, raw_linear = results["scenes/raw_pixels/knn_top1_k20"], results["scenes/raw_pixels/linear_top1"]
     rows = []
     for key, v in results.items():
         if key.startswith("scenes/released/") and key.endswith("/knn_top1_k20"):
             name = key.split("/")[2]
-            verdict = "above" if v > raw else "not above"
-            rows.append((f"released {name}", f"kNN k=20 {v:.1f} % (zoo.create_model(\"{name}\", pretrained=True), "
-                                             f"{verdict} raw pixels)"))
+            linear = results[f"scenes/released/{name}/linear_top1"]
+            verdict = ("above" if v > raw else "not above", "above" if linear > raw_linear else "not above")
+            rows.append((f"released {name}", f"kNN k=20 {v:.1f} % ({verdict[0]} raw pixels), linear {linear:.1f} % "
+                                             f"({verdict[1]}): zoo.create_model(\"{name}\", pretrained=True)"))
     return rows
 
 
@@ -113,15 +118,16 @@ def main(argv=None) -> dict:
     backbone = pretrainer.exported_backbone()
     torch.manual_seed(recipe["seed"])                      # the initial weights training started from
     untrained = zoo.create_pretrainer(recipe["model"], recipe["objective"], **recipe["model_args"]).exported_backbone()
-    results = {"scenes/" + k: v for k, v in knn(backbone, train, test).items()}
-    results.update({"scenes/untrained/" + k: v for k, v in knn(untrained, train, test).items()})
-    results.update({"scenes/raw_pixels/" + k: v for k, v in knn(torch.nn.Flatten(), train, test).items()})
+    results = {"scenes/" + k: v for k, v in measure(backbone, train, test).items()}
+    results.update({"scenes/untrained/" + k: v for k, v in measure(untrained, train, test).items()})
+    results.update({"scenes/raw_pixels/" + k: v for k, v in measure(torch.nn.Flatten(), train, test).items()})
     # the released scenes weights, loaded as a user would, on the same scenes: what a longer run buys
     for release in zoo.list_pretrained("*scenes*"):
         released = zoo.create_model(release, pretrained=True)
-        results.update({f"scenes/released/{release}/{k}": v for k, v in knn(released, train, test).items()})
+        results.update({f"scenes/released/{release}/{k}": v for k, v in measure(released, train, test).items()})
     results["scenes/knn_protocol"] = (f"weighted kNN, cosine, T=0.1, k=[20, 200], train={args.knn_train} "
                                       f"scenes, test={args.knn_test} held-out scenes, {size} px, unaugmented")
+    results["scenes/linear_protocol"] = f"zoo.evaluation.linear_probe defaults on the kNN's features and scenes"
 
     # 3. mask score against random / block masks of the same K and area ---------------------------
     score = score_masker(pretrainer.masker, image_size=size, n=args.mask_images, seed=0)
@@ -146,7 +152,8 @@ def main(argv=None) -> dict:
     folder = weights_dir / f"{NAME}.{TAG}"
     entry = publish(backbone, folder, NAME, TAG, recipe=recipe, metrics=metrics, masker=pretrainer.masker,
                     facts={"wall_clock_s": facts["wall_clock_s"], "machine": f"{os.cpu_count()} CPU cores"},
-                    commands={"knn": "python train/demo.py", "mask": "python train/demo.py"})
+                    commands={"knn": "python train/demo.py", "linear": "python train/demo.py",
+                              "mask": "python train/demo.py"})
     update_table(entry, table)
     probe = test[0][:16]
     from_folder = zoo.create_model(f"local-dir:{folder}")
@@ -167,6 +174,8 @@ def main(argv=None) -> dict:
                    "pretrain": f"python train/pretrain.py --recipe {RECIPE.relative_to(REPO)} run_dir={run_dir}",
                    "knn": f"python train/knn.py {run_dir} --baselines --limit-train {args.knn_train} "
                           f"--limit-test {args.knn_test}",
+                   "linear": f"python train/linear.py {run_dir} --baselines --limit-train {args.knn_train} "
+                             f"--limit-test {args.knn_test}",
                    "mask": f"python train/maskscore.py {run_dir} --n {args.mask_images}",
                    "publish": f"python train/publish.py {run_dir} --tag {TAG} --out {folder} --table {table}"}}
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
@@ -179,9 +188,13 @@ def main(argv=None) -> dict:
                            f"   raw pixels {r['scenes/raw_pixels/knn_top1_k20']:.1f} %"),
         ("kNN top-1 k=200", f"trained {r['scenes/knn_top1_k200']:.1f} %   untrained {r['scenes/untrained/knn_top1_k200']:.1f} %"
                             f"   raw pixels {r['scenes/raw_pixels/knn_top1_k200']:.1f} %"),
+        ("linear probe top-1", f"trained {r['scenes/linear_top1']:.1f} %   untrained {r['scenes/untrained/linear_top1']:.1f} %"
+                               f"   raw pixels {r['scenes/raw_pixels/linear_top1']:.1f} %"),
         ("trained - untrained", f"{r['scenes/knn_top1_k20'] - r['scenes/untrained/knn_top1_k20']:+.1f} points at k=20, "
-                                f"{r['scenes/knn_top1_k200'] - r['scenes/untrained/knn_top1_k200']:+.1f} at k=200; "
-                                f"vs raw pixels {r['scenes/knn_top1_k20'] - r['scenes/raw_pixels/knn_top1_k20']:+.1f} at k=20"),
+                                f"{r['scenes/knn_top1_k200'] - r['scenes/untrained/knn_top1_k200']:+.1f} at k=200, "
+                                f"{r['scenes/linear_top1'] - r['scenes/untrained/linear_top1']:+.1f} linear; vs raw pixels "
+                                f"{r['scenes/knn_top1_k20'] - r['scenes/raw_pixels/knn_top1_k20']:+.1f} at k=20, "
+                                f"{r['scenes/linear_top1'] - r['scenes/raw_pixels/linear_top1']:+.1f} linear"),
         *released_rows(r),
         ("mask score (IoU)", f"learned {r['scenes/mask_score']:.3f}   random {r['scenes/mask_score_random']:.3f}"
                              f"   block {r['scenes/mask_score_block']:.3f}   (K={r['scenes/mask_k']}, "
