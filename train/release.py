@@ -125,19 +125,22 @@ def low_label_suffix(fraction: float) -> str:
     return f"_{percent(fraction)}pct"
 
 
+def low_label_key(item: dict, fraction: float) -> str:
+    """The metric the low-label fine-tune of `fraction` writes (its presence: that step is done)."""
+    return f"{data_of(item)}/finetune_top1{low_label_suffix(fraction)}"
+
+
 def low_label(item: dict, source: str, run_dir: Path, dry: bool) -> None:
     """The low-label fine-tunes of the released file (train/finetune.py --labels F --baselines:
     pretrained, from scratch and a raw-pixel logistic regression on one class-balanced subset)."""
-    data = data_of(item)
     for fraction in item["low_label"]:
-        suffix = low_label_suffix(fraction)
-        if f"{data}/finetune_top1{suffix}" in metrics_of(run_dir):
+        if low_label_key(item, fraction) in metrics_of(run_dir):
             continue
         cmd = ["python", "train/finetune.py", source, "--labels", f"{fraction:g}", "--baselines",
                *(["--bf16"] if "--bf16" in item["eval"] else [])]
         run([sys.executable, *cmd[1:], "--out", str(run_dir)], dry)
         if not dry:          # the card's word for the command: every key of this fraction ends in it
-            write_metrics(run_dir, {"commands": {**metrics_of(run_dir).get("commands", {}), suffix: shlex.join(cmd)}})
+            write_metrics(run_dir, {"commands": {**metrics_of(run_dir).get("commands", {}), low_label_suffix(fraction): shlex.join(cmd)}})
 
 
 def first_pass(item: dict, dry: bool) -> None:
@@ -145,7 +148,7 @@ def first_pass(item: dict, dry: bool) -> None:
     run_dir = pretrain(item, seed, dry)
     done = metrics_of(run_dir)
     if f"{data_of(item)}/knn_top1_k20" in done and (REPO / "weights" / item["key"]).exists() and all(
-            f"{data_of(item)}/finetune_top1{low_label_suffix(f)}" in done for f in item["low_label"]):
+            low_label_key(item, f) in done for f in item["low_label"]):
         return
     publish(item, run_dir, dry)                       # the released fp16 file, which is evaluated
     evaluate(item, item["key"], run_dir, baselines=True, dry=dry)

@@ -113,17 +113,22 @@ def _headline_leaf(leaf: str) -> bool:
     return leaf in HEADLINE or bool(LOW_LABEL.match(leaf))
 
 
+def _label_percent(leaf: str) -> float | None:
+    """The label percentage of a low-label fine-tune leaf ("finetune_top1_0p5pct" -> 0.5), else None."""
+    low = LOW_LABEL.match(leaf)
+    return float(low.group(1).replace("p", ".")) if low else None
+
+
 def _label(key: str) -> str:
     group, _, leaf = key.rpartition("/")
-    low = LOW_LABEL.match(leaf)
-    label = f"fine-tune top-1, {low.group(1).replace('p', '.')} % labels" if low else _LABELS.get(leaf, leaf)
+    pct = _label_percent(leaf)
+    label = f"fine-tune top-1, {pct:g} % labels" if pct is not None else _LABELS.get(leaf, leaf)
     return f"{label}, {group.replace('/', ' ')}" if group else label
 
 
 def _raw_pixels_key(group: str, leaf: str) -> str:
     """Where the raw-pixel baseline of a result is: the same leaf, or the low-label logreg."""
-    low = LOW_LABEL.match(leaf)
-    raw_leaf = f"logreg_top1_{low.group(1)}pct" if low else leaf
+    raw_leaf = leaf.replace("finetune_top1_", "logreg_top1_", 1) if LOW_LABEL.match(leaf) else leaf
     return f"{group}/raw_pixels/{raw_leaf}" if group else f"raw_pixels/{raw_leaf}"
 
 
@@ -164,11 +169,12 @@ def below_baselines(metrics: dict, data: str) -> list[str]:
     row say so."""
     pairs = [(f"{data}/{leaf}", f"{data}/raw_pixels/{leaf}", label, "raw pixels")
              for leaf, label in (("knn_top1_k20", "kNN k=20"), ("linear_top1", "linear probe"))]
-    low_label = sorted((float(m.group(1).replace("p", ".")), leaf) for key in metrics if key.startswith(f"{data}/")
-                       and (m := LOW_LABEL.match(leaf := key[len(data) + 1:])))
-    for pct, leaf in low_label:
-        pairs += [(f"{data}/{leaf}", _raw_pixels_key(data, leaf), f"fine-tune {pct:g} % labels", "raw pixels"),
-                  (f"{data}/{leaf}", f"{data}/untrained/{leaf}", f"fine-tune {pct:g} % labels", "from scratch")]
+    low_label = [key.rpartition("/")[2] for key in metrics
+                 if key.rpartition("/")[0] == data and _label_percent(key.rpartition("/")[2]) is not None]
+    for leaf in sorted(low_label, key=_label_percent):                  # 1 % before 10 %
+        label = f"fine-tune {_label_percent(leaf):g} % labels"
+        pairs += [(f"{data}/{leaf}", _raw_pixels_key(data, leaf), label, "raw pixels"),
+                  (f"{data}/{leaf}", f"{data}/untrained/{leaf}", label, "from scratch")]
     misses = []
     for key, base_key, label, base in pairs:
         value, raw = metrics.get(key), metrics.get(base_key)
