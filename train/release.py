@@ -152,8 +152,9 @@ def first_pass(item: dict, dry: bool) -> None:
         return
     publish(item, run_dir, dry)                       # the released fp16 file, which is evaluated
     evaluate(item, item["key"], run_dir, baselines=True, dry=dry)
-    low_label(item, item["key"], run_dir, dry)
-    publish(item, run_dir, dry)                       # now with its metrics
+    publish(item, run_dir, dry)                       # now with its metrics: a stop in the (long)
+    low_label(item, item["key"], run_dir, dry)        # fine-tunes leaves a whole card to commit
+    publish(item, run_dir, dry)
 
 
 def seed_pass(item: dict, dry: bool) -> None:
