@@ -213,3 +213,29 @@ def test_a_card_below_baselines_says_so_in_its_first_line():
         assert body[0] == f"# {key}"
         assert body[1].startswith("**Does not beat the trivial baseline") == bool(misses), key
         assert all(m in body[1] for m in misses), key
+
+
+def test_pairs_table_compares_only_pairs_trained_with_the_same_settings():
+    """A method and its control may differ in the method (model, args, phases), never in the
+    setting: a pair from two release rounds (1 epoch at 32 px against 8 at 48) is named, not diffed."""
+    from train.readme_table import pairs_table, setting_differences
+
+    def card(model, knn, **recipe):
+        base = {"model": model, "data": "fashion_mnist", "epochs": 8, "image_size": 48, "seed": 0,
+                "run_dir": f"runs/{model}", "num_workers": 1}
+        return {"recipe": {**base, **recipe}, "metrics": {
+            "fashion_mnist/knn_top1_k20": knn, "fashion_mnist/knn_top1_k200": knn - 2,
+            "fashion_mnist/linear_top1": knn + 3, "pretrain": {"wall_clock_s": 60.0}}}
+
+    control = card("simclr_resnet18", 80.0)
+    legacy = card("adios_resnet18", 81.5, objective="simclr", masker_lr=0.1, run_dir="elsewhere")
+    assert setting_differences(legacy, control) == {}      # flat masker_lr is a phase key; run_dir bookkeeping
+    plan = [{"recipe": "recipes/adios_resnet18.simclr_fmnist.yaml", "controls": ["simclr_resnet18.fmnist"]}]
+    rows = pairs_table({"adios_resnet18.simclr_fmnist": legacy, "simclr_resnet18.fmnist": control}, plan)
+    assert rows[2] == ("| `adios_resnet18.simclr_fmnist` | `simclr_resnet18.fmnist` | 1 | +1.5 | +1.5 | +1.5 "
+                       "| 1.00x |")
+    old = card("adios_resnet18", 75.0, objective="simclr", epochs=1, image_size=32)
+    assert setting_differences(old, control) == {"epochs": (1, 8), "image_size": (32, 48)}
+    rows = pairs_table({"adios_resnet18.simclr_fmnist": old, "simclr_resnet18.fmnist": control}, plan)
+    assert "not compared: trained with other settings (epochs 1 / 8, image_size 32 / 48)" in rows[2]
+    assert "-5.0" not in rows[2] and rows[2].count("|") == 8

@@ -70,13 +70,9 @@ from zoo.runs import atomic_write, save_pretrainer, update_metrics
 from train.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
 from train.mask_grid import masker_picture, save_mask_grid
 from train.optim import build_optimizer, build_schedule, phase_named_parameters
-from train.recipe import Recipe, translate_legacy_phase_keys
+from train.recipe import BOOKKEEPING, Recipe, translate_legacy_phase_keys
 from train.sampling import SeededSamples, StepSampler
 
-
-# Recipe fields that do not change what is computed (a resume may change them freely).
-_BOOKKEEPING = ("resume", "max_steps", "run_dir", "num_workers", "log_every", "ckpt_every",
-                "mask_grid_every", "tensorboard", "strict_data", "data_root")
 
 
 class TrainingStopped(RuntimeError):
@@ -247,7 +243,7 @@ def recipe_changes(saved: dict, recipe: Recipe) -> dict[str, tuple]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         then = translate_legacy_phase_keys(saved, "checkpoint")
-    return {k: (v, now.get(k)) for k, v in then.items() if k not in _BOOKKEEPING and now.get(k) != v}
+    return {k: (v, now.get(k)) for k, v in then.items() if k not in BOOKKEEPING and now.get(k) != v}
 
 
 def resume(recipe: Recipe, accelerator: Accelerator, found: tuple[int, Path] | None, last_step: int) -> int:

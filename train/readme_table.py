@@ -14,18 +14,21 @@ import argparse
 import json
 import statistics
 import sys
+import warnings
 from pathlib import Path
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))                     # run from a clone without installing
+from train.recipe import BOOKKEEPING, translate_legacy_phase_keys  # noqa: E402
 from zoo.publish import below_baselines  # noqa: E402
 from zoo.registry import METHODS  # noqa: E402
 
 README = REPO / "README.md"
 START, END = "<!-- released:start (train/readme_table.py) -->", "<!-- released:end -->"
 COLS = ("knn_top1_k20", "knn_top1_k200", "linear_top1")
+METHOD_KEYS = ("model", "objective", "model_args", "phases")   # what a method and its control may differ in
 
 
 def cards(table_path: Path, weights_dir: Path) -> dict[str, dict]:
@@ -56,6 +59,10 @@ def mean_sd(card: dict, leaf: str) -> tuple[float | None, float | None, int]:
     if len(values) > 1:
         return statistics.mean(values), statistics.stdev(values), len(values)
     return metric(card, leaf), None, 1
+
+
+def fmt_value(v) -> str:
+    return "-" if v is None else str(v)
 
 
 def with_sd(m, sd) -> str:
@@ -94,6 +101,19 @@ def weights_table(all_cards: dict, weights_dir: Path) -> list[str]:
     return lines
 
 
+def setting_differences(a: dict, b: dict) -> dict[str, tuple]:
+    """{key: (a's value, b's value)} for every recipe key two cards differ in beyond the method (its
+    model, args and phases) and bookkeeping: a pair whose settings differ (two release rounds, say)
+    is not a method-against-control comparison. Older cards' flat per-phase keys (`masker_lr`) are
+    read in the `phases` format."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        ra, rb = (translate_legacy_phase_keys(dict(c["recipe"]), "card") for c in (a, b))
+    skip = set(METHOD_KEYS) | set(BOOKKEEPING)
+    return {k: (ra.get(k), rb.get(k)) for k in sorted(set(ra) | set(rb))
+            if k not in skip and ra.get(k) != rb.get(k)}
+
+
 def pairs_table(all_cards: dict, plan: list[dict]) -> list[str]:
     lines = ["| method | control | seeds | Δ kNN k=20 | Δ kNN k=200 | Δ linear | pretraining time, method / control |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -103,6 +123,12 @@ def pairs_table(all_cards: dict, plan: list[dict]) -> list[str]:
             if key not in all_cards or control not in all_cards:
                 continue
             a, b = all_cards[key], all_cards[control]
+            differ = setting_differences(a, b)
+            if differ:
+                what = ", ".join(f"{k} {fmt_value(va)} / {fmt_value(vb)}" for k, (va, vb) in differ.items())
+                lines.append(f"| `{key}` | `{control}` | - | not compared: trained with other settings ({what}) "
+                             "| - | - | - |")
+                continue
             deltas, n = [], []
             for c in COLS:
                 (ma, sa, na), (mb, sb, nb) = mean_sd(a, c), mean_sd(b, c)

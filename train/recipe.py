@@ -58,6 +58,11 @@ MAIN_PHASE = "encoder"
 PHASE_KEYS = ("optimizer", "lr", "weight_decay", "grad_clip")
 
 
+# Recipe fields that do not change what is computed (a resume may change them freely).
+BOOKKEEPING = ("resume", "max_steps", "run_dir", "num_workers", "log_every", "ckpt_every",
+               "mask_grid_every", "tensorboard", "strict_data", "data_root")
+
+
 class RecipeError(ValueError):
     """A recipe (file or override) names an unknown key or gives a bad value."""
 
