@@ -130,3 +130,26 @@ def test_finetune_low_label_with_baselines(run_dir, tmp_path):
         assert 0 <= m[key] <= 100, key
     assert "3 steps" in m["scenes/finetune_protocol_10pct"] and "subset seed 0" in m["scenes/finetune_protocol_10pct"]
     assert "train=2" in m["scenes/finetune_protocol_10pct"]       # ~10 % of 200 scenes, class-balanced
+
+
+def test_finetune_baselines_cache_reuses_only_what_the_key_covers(run_dir, tmp_path, monkeypatch):
+    """The baselines are measured once per key and reused (the from-scratch fine-tune is not run
+    again); another seed or subset is another key, so it is measured afresh."""
+    cache = tmp_path / "cache"
+    argv = [str(run_dir), "--limit-train", "200", "--limit-test", "32", "--labels", "0.1", "--steps", "3",
+            "--batch-size", "8", "--baselines", "--baselines-cache", str(cache)]
+    first = finetune.main([*argv, "--out", str(tmp_path / "a")])
+    assert len(list(cache.glob("*.json"))) == 1
+    calls = []
+    real = finetune.finetune
+    monkeypatch.setattr(finetune, "finetune", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = finetune.main([*argv, "--out", str(tmp_path / "b")])
+    assert len(calls) == 1                                  # the pretrained backbone only
+    for key in ("scenes/untrained/finetune_top1_10pct", "scenes/raw_pixels/logreg_top1_10pct"):
+        assert again[key] == first[key], key
+    finetune.main([*argv, "--subset-seed", "1", "--out", str(tmp_path / "c")])
+    assert len(calls) == 3 and len(list(cache.glob("*.json"))) == 2
+    fresh = finetune.main([*argv[:-2], "--out", str(tmp_path / "d")])   # no cache: measured again, equal
+    assert len(calls) == 5 and fresh["scenes/untrained/finetune_top1_10pct"] == first["scenes/untrained/finetune_top1_10pct"]
+    with pytest.raises(SystemExit):                         # the cache keeps --baselines numbers only
+        finetune.main([str(run_dir), "--labels", "0.1", "--baselines-cache", str(cache)])

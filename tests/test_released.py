@@ -179,7 +179,8 @@ def test_release_runs_the_low_label_protocol_on_the_released_file(tmp_path, caps
     printed = [line for line in capsys.readouterr().out.splitlines() if "finetune.py" in line]
     run = tmp_path / "runs" / "mae_vit_tiny_patch4_32.fmnist" / "seed0"
     assert [line.split("train/", 1)[1] for line in printed] == [
-        f"finetune.py mae_vit_tiny_patch4_32.fmnist --labels {f} --baselines --bf16 --out {run}" for f in ("0.01", "0.1")]
+        f"finetune.py mae_vit_tiny_patch4_32.fmnist --labels {f} --baselines --bf16 --out {run} "
+        f"--baselines-cache {tmp_path / 'runs' / 'baselines'}" for f in ("0.01", "0.1")]
     assert release.low_label_suffix(0.01) == "_1pct" and release.low_label_suffix(0.005) == "_0p5pct"
 
 

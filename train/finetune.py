@@ -25,9 +25,18 @@ from scratch (--untrained) and a raw-pixel logistic regression (zoo.evaluation.l
 flattened normalised images: standardised, SGD, 100 epochs).
 Metric keys: `<data>/finetune_top1` (all labels) or `<data>/finetune_top1_<pct>pct`, with
 `<data>/untrained/...` and `<data>/raw_pixels/logreg_top1_<pct>pct` for the baselines.
+
+`--baselines-cache DIR` keeps the two baselines in DIR/<key>.json and reuses them: they depend on
+the architecture, not on the pretrained weights, so every release of one architecture, data and
+resolution shares them (train/release.py passes runs/release/baselines). The key hashes everything
+that decides them: the seeded from-scratch model's initial weights (architecture, arguments, seed),
+the chosen subset, the schedule, precision and process count, the data and its normalisation, the
+library versions and the source of this script and of what it calls to load and transform data.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import sys
 import time
@@ -45,6 +54,11 @@ from torch.utils.data import DataLoader, Subset  # noqa: E402
 from train import eval_common as ec  # noqa: E402
 from zoo.data import collate_skip_bad, dataset_stats, finetune_transform  # noqa: E402
 from zoo.precision import accelerate_device_type, resolve as resolve_precision  # noqa: E402
+from zoo.runs import atomic_write  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# the source the baselines' numbers depend on beyond the model: a change to any of it is a new key
+BASELINE_CODE = ("train/finetune.py", "train/eval_common.py", "zoo/evaluation.py", "zoo/data")
 
 LOW_LABEL_STEPS, LOW_LABEL_WARMUP = 500, 50
 
@@ -133,6 +147,28 @@ def raw_pixel_logreg(train_plain, test, args) -> float:
     return linear_probe(train_f, train_y, test_f, test_y, device=ec.device_of(args))["linear_top1"]
 
 
+def baseline_key(scratch, chosen: list[int], args, precision: str, accelerator, data: str, steps, warmup,
+                 test_size: int) -> str:
+    """The content key of the low-label baselines (see the module docstring): equal keys, equal numbers."""
+    import timm
+    h = hashlib.sha256()
+    for name, t in scratch.state_dict().items():       # architecture, its arguments and the seeded init
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    facts = {"data": data, "image_size": args.image_size, "normalisation": list(map(list, ec.normalisation(args, data))),
+             "subset": chosen, "steps": steps, "warmup": warmup, "batch_size": args.batch_size, "blr": args.blr,
+             "weight_decay": args.weight_decay, "seed": args.seed, "precision": precision,
+             "processes": accelerator.num_processes, "device": accelerator.device.type, "test": test_size,
+             "limit_train": args.limit_train, "limit_test": args.limit_test, "torch": torch.__version__, "timm": timm.__version__}
+    h.update(json.dumps(facts, sort_keys=True, default=str).encode())
+    for entry in BASELINE_CODE:
+        path = REPO / entry
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            h.update(f.relative_to(REPO).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:20]
+
+
 def main(argv=None) -> dict:
     p = ec.parser(__doc__.split("\n\n")[0])
     p.set_defaults(batch_size=128)
@@ -149,12 +185,16 @@ def main(argv=None) -> dict:
     p.add_argument("--untrained", action="store_true", help="random init: supervised from scratch")
     p.add_argument("--baselines", action="store_true",
                    help="low-label: also from scratch and a raw-pixel logistic regression, same subset")
+    p.add_argument("--baselines-cache", type=Path, default=None, metavar="DIR",
+                   help="keep and reuse the --baselines numbers in DIR, keyed by what decides them")
     p.add_argument("--cpu", action="store_true", help="force the CPU even when a GPU is there")
     args = p.parse_args(argv)
     if args.source == ec.RAW:
         p.error("raw-pixels has nothing to fine-tune (--baselines gives its logistic regression)")
     if args.labels is not None and not 0 < args.labels <= 1:
         p.error(f"--labels is a fraction in (0, 1], got {args.labels}")
+    if args.baselines_cache and not args.baselines:
+        p.error("--baselines-cache keeps the --baselines numbers: pass --baselines too")
     if args.baselines and args.labels is None:
         p.error("--baselines belongs to the low-label protocol: pass --labels 0.01 (or 0.1)")
     precision, why = resolve_precision("bf16" if args.bf16 else "fp32", accelerate_device_type(args.cpu))
@@ -190,9 +230,22 @@ def main(argv=None) -> dict:
     if args.baselines:
         torch.manual_seed(args.seed)
         scratch = ec.untrained(args, num_classes=num_classes, seed=args.seed)
-        metrics[f"{data}/untrained/finetune_top1{suffix}"] = finetune(scratch, train, test, args, accelerator,
-                                                                      steps, warmup)[0]
-        metrics[f"{data}/raw_pixels/logreg_top1{suffix}"] = raw_pixel_logreg(train_plain, test, args)
+        cached = None
+        if args.baselines_cache:
+            key = baseline_key(scratch, chosen, args, precision, accelerator, data, steps, warmup, len(test))
+            cached = args.baselines_cache / f"{key}.json"
+        if cached is not None and cached.exists():
+            baselines = json.loads(cached.read_text())["metrics"]
+            accelerator.print(f"baselines reused from {cached} (same key: architecture, init, subset, schedule, code)")
+        else:
+            baselines = {
+                f"{data}/untrained/finetune_top1{suffix}": finetune(scratch, train, test, args, accelerator,
+                                                                    steps, warmup)[0],
+                f"{data}/raw_pixels/logreg_top1{suffix}": raw_pixel_logreg(train_plain, test, args)}
+            if cached is not None and accelerator.is_main_process:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(cached, json.dumps({"metrics": baselines, "measured_with": args.source}, indent=2))
+        metrics.update(baselines)
     if accelerator.is_main_process:
         ec.finish(args, metrics, train, test, t0)
     accelerator.end_training()

@@ -15,7 +15,11 @@ in a card is reproducible by the command the card names:
              `python train/evaluate.py <name.tag> --baselines --out RUN` (+ `train/maskscore.py
              <name.tag>` for learned maskers on the scenes), so re-running that command on a fresh
              clone reproduces the card;
-4. publish   again, now with the metrics (model.safetensors is byte-identical; the card changes).
+4. publish   again, now with the metrics (model.safetensors is byte-identical; the card changes);
+5. low-label `python train/finetune.py <name.tag> --labels F --baselines` for each `low_label`
+             fraction of the plan (from-scratch and raw-pixel baselines kept in
+             runs/release/baselines, keyed by what decides them: one per architecture, data and
+             resolution, not one per release), then publish again.
 
 Extra seeds run right after their release's first seed (the plan lists the main comparison
 first): each is pretrained and evaluated from its run directory (fp32; no baselines, which do not
@@ -138,7 +142,8 @@ def low_label(item: dict, source: str, run_dir: Path, dry: bool) -> None:
             continue
         cmd = ["python", "train/finetune.py", source, "--labels", f"{fraction:g}", "--baselines",
                *(["--bf16"] if "--bf16" in item["eval"] else [])]
-        run([sys.executable, *cmd[1:], "--out", str(run_dir)], dry)
+        # the baselines depend on the architecture only: releases of one architecture share them
+        run([sys.executable, *cmd[1:], "--out", str(run_dir), "--baselines-cache", str(RUNS / "baselines")], dry)
         if not dry:          # the card's word for the command: every key of this fraction ends in it
             write_metrics(run_dir, {"commands": {**metrics_of(run_dir).get("commands", {}), low_label_suffix(fraction): shlex.join(cmd)}})
 
