@@ -240,3 +240,7 @@ def test_pairs_table_compares_only_pairs_trained_with_the_same_settings():
     rows = pairs_table({"adios_resnet18.simclr_fmnist": old, "simclr_resnet18.fmnist": control}, plan)
     assert "not compared: trained with other settings (epochs 1 / 8, image_size 32 / 48)" in rows[2]
     assert "-5.0" not in rows[2] and rows[2].count("|") == 8
+    newer = card("simclr_resnet18", 80.0, augment_on="loader", grad_clip=0.0)   # fields older cards predate,
+    assert setting_differences(legacy, newer) == {}                              # at their defaults
+    short = card("adios_resnet18", 70.0, objective="simclr", max_steps=100)      # a cut schedule counts
+    assert setting_differences(short, control) == {"max_steps": (100, 0)}

@@ -96,16 +96,22 @@ def normalisation(args, data: str) -> tuple:
     return stats["mean"], stats["std"]
 
 
+def data_source(args, data: str) -> tuple[str | None, dict]:
+    """(root, dataset keywords) that `datasets` builds `data` from: --root, or for a run evaluated on
+    its own data the recipe's data_root, and its data_args but `length` (a pretraining subset)."""
+    recipe = recipe_of(args.source)
+    own = recipe.get("data") == data
+    root = args.root or (recipe.get("data_root") if own else None)
+    return root, ({k: v for k, v in (recipe.get("data_args") or {}).items() if k != "length"} if own else {})
+
+
 def datasets(args, data: str, image_size: int, train_transform=None):
     """(train, test) datasets with the eval transform (train_transform overrides the train one).
 
     For a run evaluated on its own data, the recipe's data_root and data_args (but `length`, a
     pretraining subset) are used too: the same images, e.g. Fashion-MNIST's `fit`.
     """
-    recipe = recipe_of(args.source)
-    own = recipe.get("data") == data
-    root = args.root or (recipe.get("data_root") if own else None)
-    kw = {k: v for k, v in (recipe.get("data_args") or {}).items() if k != "length"} if own else {}
+    root, kw = data_source(args, data)
     test_tf = eval_transform(image_size, *normalisation(args, data))
     if args.strict_data and (data == "imagefolder" or data.startswith("hf:")):
         kw["strict"] = True

@@ -27,11 +27,13 @@ Metric keys: `<data>/finetune_top1` (all labels) or `<data>/finetune_top1_<pct>p
 `<data>/untrained/...` and `<data>/raw_pixels/logreg_top1_<pct>pct` for the baselines.
 
 `--baselines-cache DIR` keeps the two baselines in DIR/<key>.json and reuses them: they depend on
-the architecture, not on the pretrained weights, so every release of one architecture, data and
-resolution shares them (train/release.py passes runs/release/baselines). The key hashes everything
-that decides them: the seeded from-scratch model's initial weights (architecture, arguments, seed),
-the chosen subset, the schedule, precision and process count, the data and its normalisation, the
-library versions and the source of this script and of what it calls to load and transform data.
+the architecture, not on the pretrained weights, so the zoo-name releases of one architecture,
+data, resolution and precision share them (train/release.py passes runs/release/baselines; a run
+directory builds its whole pretrainer first, so its head's init, and its key, is its own). The key
+hashes everything that decides them: the from-scratch model's settings and seeded initial weights,
+the label fraction and chosen subset, the schedule, workers, precision, devices and process count,
+the data (name, root, arguments, normalisation), the library versions, and the source of this
+script and of what it calls to load and transform data.
 """
 from __future__ import annotations
 
@@ -148,18 +150,25 @@ def raw_pixel_logreg(train_plain, test, args) -> float:
 
 
 def baseline_key(scratch, chosen: list[int], args, precision: str, accelerator, data: str, steps, warmup,
-                 test_size: int) -> str:
-    """The content key of the low-label baselines (see the module docstring): equal keys, equal numbers."""
+                 test) -> str:
+    """The content key of the low-label baselines (see the module docstring): equal keys, the same
+    computation (on CPU the same numbers; GPU kernels need not be bitwise deterministic)."""
+    import accelerate
     import timm
-    h = hashlib.sha256()
-    for name, t in scratch.state_dict().items():       # architecture, its arguments and the seeded init
+    import torchvision
+    h = hashlib.sha256(repr(scratch).encode())      # the architecture's settings (dilation, pool, drop rates)
+    for name, t in scratch.state_dict().items():       # and its seeded initial weights
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    facts = {"data": data, "image_size": args.image_size, "normalisation": list(map(list, ec.normalisation(args, data))),
+    root, data_kw = ec.data_source(args, data)
+    facts = {"data": data, "root": root, "data_args": data_kw, "image_size": args.image_size,
+             "normalisation": list(map(list, ec.normalisation(args, data))), "labels": args.labels,
              "subset": chosen, "steps": steps, "warmup": warmup, "batch_size": args.batch_size, "blr": args.blr,
-             "weight_decay": args.weight_decay, "seed": args.seed, "precision": precision,
-             "processes": accelerator.num_processes, "device": accelerator.device.type, "test": test_size,
-             "limit_train": args.limit_train, "limit_test": args.limit_test, "torch": torch.__version__, "timm": timm.__version__}
+             "weight_decay": args.weight_decay, "seed": args.seed, "num_workers": args.num_workers,
+             "precision": precision, "processes": accelerator.num_processes, "device": accelerator.device.type,
+             "logreg_device": ec.device_of(args).type, "test": len(test) if hasattr(test, "__len__") else None,
+             "limit_train": args.limit_train, "limit_test": args.limit_test,
+             "versions": [torch.__version__, timm.__version__, torchvision.__version__, accelerate.__version__]}
     h.update(json.dumps(facts, sort_keys=True, default=str).encode())
     for entry in BASELINE_CODE:
         path = REPO / entry
@@ -232,7 +241,7 @@ def main(argv=None) -> dict:
         scratch = ec.untrained(args, num_classes=num_classes, seed=args.seed)
         cached = None
         if args.baselines_cache:
-            key = baseline_key(scratch, chosen, args, precision, accelerator, data, steps, warmup, len(test))
+            key = baseline_key(scratch, chosen, args, precision, accelerator, data, steps, warmup, test)
             cached = args.baselines_cache / f"{key}.json"
         if cached is not None and cached.exists():
             baselines = json.loads(cached.read_text())["metrics"]

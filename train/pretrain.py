@@ -74,7 +74,6 @@ from train.recipe import BOOKKEEPING, Recipe, translate_legacy_phase_keys
 from train.sampling import SeededSamples, StepSampler
 
 
-
 class TrainingStopped(RuntimeError):
     """The run cannot go on (non-finite loss, bad setup); the message says why and what is kept."""
 

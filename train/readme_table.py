@@ -21,7 +21,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))                     # run from a clone without installing
-from train.recipe import BOOKKEEPING, translate_legacy_phase_keys  # noqa: E402
+from train.recipe import BOOKKEEPING, Recipe, translate_legacy_phase_keys  # noqa: E402
 from zoo.publish import below_baselines  # noqa: E402
 from zoo.registry import METHODS  # noqa: E402
 
@@ -105,11 +105,13 @@ def setting_differences(a: dict, b: dict) -> dict[str, tuple]:
     """{key: (a's value, b's value)} for every recipe key two cards differ in beyond the method (its
     model, args and phases) and bookkeeping: a pair whose settings differ (two release rounds, say)
     is not a method-against-control comparison. Older cards' flat per-phase keys (`masker_lr`) are
-    read in the `phases` format."""
+    read in the `phases` format, and a field they predate takes its default (what they ran with);
+    `max_steps` counts, since it cuts the schedule short."""
+    defaults = Recipe().to_dict()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        ra, rb = (translate_legacy_phase_keys(dict(c["recipe"]), "card") for c in (a, b))
-    skip = set(METHOD_KEYS) | set(BOOKKEEPING)
+        ra, rb = ({**defaults, **translate_legacy_phase_keys(dict(c["recipe"]), "card")} for c in (a, b))
+    skip = (set(METHOD_KEYS) | set(BOOKKEEPING)) - {"max_steps"}
     return {k: (ra.get(k), rb.get(k)) for k in sorted(set(ra) | set(rb))
             if k not in skip and ra.get(k) != rb.get(k)}
 

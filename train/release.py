@@ -142,7 +142,7 @@ def low_label(item: dict, source: str, run_dir: Path, dry: bool) -> None:
             continue
         cmd = ["python", "train/finetune.py", source, "--labels", f"{fraction:g}", "--baselines",
                *(["--bf16"] if "--bf16" in item["eval"] else [])]
-        # the baselines depend on the architecture only: releases of one architecture share them
+        # the baselines do not depend on the weights: releases of one architecture, data and size share them
         run([sys.executable, *cmd[1:], "--out", str(run_dir), "--baselines-cache", str(RUNS / "baselines")], dry)
         if not dry:          # the card's word for the command: every key of this fraction ends in it
             write_metrics(run_dir, {"commands": {**metrics_of(run_dir).get("commands", {}), low_label_suffix(fraction): shlex.join(cmd)}})
