@@ -147,7 +147,8 @@ def fake_card(**changes) -> str:
               metrics={"d/knn_top1_k20": 80.0, "d/raw_pixels/knn_top1_k20": 85.5, "d/untrained/knn_top1_k20": 30,
                        "d/linear_top1": 83.25, "d/random_masks/knn_top1_k20": 77.0, "d/knn_protocol": "weighted",
                        "pretrain": {"steps": 3}, "seeds": {"0": {"knn_top1_k20": 80.0, "wall_clock_s": 90},
-                                                           "1": {"knn_top1_k20": 82.0, "wall_clock_s": 60}}},
+                                                           "1": {"knn_top1_k20": 82.0, "wall_clock_s": 60,
+                                                                 "mixed_precision": "no", "machine": "box2"}}},
               commands={"knn": "python train/knn.py RUN"}, commit="c0ffee", files={"model.safetensors": "ab12"},
               has_masker=True, facts={"machine": "box"}, license="mit", dtype="float16")
     kw.update(changes)
@@ -174,7 +175,8 @@ def test_card_template_has_every_section():
                    "| kNN top-1 (k=20), d | 80 | 30 | 85.5 |", "| linear probe top-1, d | 83.25 | - | - |",
                    "| kNN top-1 (k=20), d random_masks (baseline) | 77 | - | - |",
                    "Re-measure (prints these numbers):", "    python train/knn.py RUN", "- d/knn_protocol: weighted",
-                   "| seed | kNN top-1 (k=20) | pretraining wall-clock |", "| 0 | 80.00 | 1.5 min |",
+                   "| seed | kNN top-1 (k=20) | pretraining (wall-clock, precision, host) |", "| 0 | 80.00 | 1.5 min |",
+                   "| 1 | 82.00 | 1.0 min, fp32, box2 |",
                    "| mean ± sd | 81.00 ± 1.41 | |",
                    "This file holds the fake encoder. Stored as float16.",
                    "- Method: fakemethod, objective obj; pretrainer `fakemethod_fake_arch`.",

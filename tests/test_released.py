@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -86,21 +88,20 @@ def test_loads_three_ways_with_equal_outputs(key, vanilla_outputs):
 
 @pytest.mark.parametrize("key", KEYS)
 def test_publishing_again_gives_the_released_bytes(key, tmp_path):
-    """zoo.publish.publish, fed the released weights and the facts of config.json's zoo block,
-    writes every file of weights/<key>/ byte for byte (card template, config layout, fp16 tensors):
-    a republish after a code change leaves the hash chain README.md -> config.json -> table intact."""
-    from zoo.publish import publish
-    entry, folder = TABLE[key], REPO / "weights" / key
-    block = json.loads((folder / "config.json").read_text())["zoo"]
-    masker = zoo.create_masker(key, pretrained=True) if "masker.safetensors" in block["files"] else None
-    publish(zoo.create_model(key, pretrained=True), tmp_path / key, block["name"], block["tag"],
-            recipe=block["recipe"], metrics=block["metrics"], masker=masker, commit=block["commit"],
-            dtype=block["dtype"], objective=block["pretrainer"]["objective"],
-            pretrainer_args=block["pretrainer"]["model_args"], exported=block["exported"],
-            hf_hub_id=entry["hf_hub_id"], facts=block["facts"], commands=block["commands"],
-            license=block["license"])
+    """zoo.publish.republish, fed only the released folder (weights and config.json's zoo block),
+    writes every file of weights/<key>/ byte for byte (card template, config layout, fp16 tensors)
+    and the same table entry: a republish after a code change, or one that adds a lost run's
+    results, leaves the hash chain README.md -> config.json -> table intact."""
+    from zoo.publish import republish
+    folder = REPO / "weights" / key
+    shutil.copytree(folder, tmp_path / key)
+    table = tmp_path / "released.json"
+    table.write_text(json.dumps({key: TABLE[key]}))
+    entry = republish(tmp_path / key, {}, table=table)
     for f in sorted(folder.iterdir()):
         assert (tmp_path / key / f.name).read_bytes() == f.read_bytes(), f"{f.name} of {key} differs"
+    assert sorted(p.name for p in (tmp_path / key).iterdir()) == sorted(p.name for p in folder.iterdir())
+    assert json.loads(table.read_text())[key] == entry == TABLE[key]
 
 
 @pytest.mark.parametrize("key", [k for k in KEYS if "masker.safetensors" in TABLE[k]["files"]])
@@ -182,6 +183,87 @@ def test_release_runs_the_low_label_protocol_on_the_released_file(tmp_path, caps
         f"finetune.py mae_vit_tiny_patch4_32.fmnist --labels {f} --baselines --bf16 --out {run} "
         f"--baselines-cache {tmp_path / 'runs' / 'baselines'}" for f in ("0.01", "0.1")]
     assert release.low_label_suffix(0.01) == "_1pct" and release.low_label_suffix(0.005) == "_0p5pct"
+
+
+def test_republish_refuses_to_change_the_weights(tmp_path):
+    """A republish that would re-save the weights differently (here: the zoo block claims bfloat16
+    for a float16 file) names the file and both hashes, and leaves the folder as it was."""
+    from zoo.publish import republish
+    key = "simclr_resnet18.fmnist"
+    folder = tmp_path / key
+    shutil.copytree(REPO / "weights" / key, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["zoo"]["dtype"] = "bfloat16"
+    (folder / "config.json").write_text(json.dumps(config))
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    sha = TABLE[key]["files"]["model.safetensors"][:12]
+    with pytest.raises(RuntimeError, match=rf"model.safetensors.*SHA-256 \(\['{sha}'\] -> \['[0-9a-f]{{12}}'\]\)"):
+        republish(folder, {"seeds": {}}, table=tmp_path / "none.json")
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [key]          # no temp folder left behind
+
+
+@pytest.fixture
+def lost_run(tmp_path, monkeypatch):
+    """simclr_resnet18.fmnist released (a copy of its folder and table entry) but its run directory
+    gone, as on a new machine; seed 1 trained and evaluated here; every command recorded, none run."""
+    import train.release as release
+    key = "simclr_resnet18.fmnist"
+    wdir, table = tmp_path / "weights", tmp_path / "released.json"
+    shutil.copytree(REPO / "weights" / key, wdir / key)
+    table.write_text(json.dumps({key: TABLE[key]}))
+    monkeypatch.setenv(weights.TABLE_ENV, str(table))
+    monkeypatch.setenv(weights.WEIGHTS_ENV, str(wdir))
+    monkeypatch.setattr(release, "RUNS", tmp_path / "runs")
+    ran = []
+    monkeypatch.setattr(release, "run", lambda cmd, dry: ran.append(cmd))
+    seed1 = tmp_path / "runs" / key / "seed1"
+    seed1.mkdir(parents=True)
+    (seed1 / "pretrainer.safetensors").write_bytes(b"")
+    (seed1 / "metrics.json").write_text(json.dumps({
+        "fashion_mnist/knn_top1_k20": 85.0, "fashion_mnist/knn_top1_k200": 83.0, "fashion_mnist/linear_top1": 89.0,
+        "pretrain": {"wall_clock_s": 2640.0, "mixed_precision": "bf16"}, "machine": "Intel host"}))
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(f"releases:\n  - recipe: recipes/{key}.yaml\n    seeds: [0, 1]\n    low_label: [0.01, 0.1]\n")
+    return SimpleNamespace(release=release, key=key, folder=wdir / key, table=table, ran=ran,
+                           item=release.load_plan(plan)[0])
+
+
+def test_release_whose_run_is_gone_is_kept_and_gains_its_seeds(lost_run):
+    """A release in the table, trained from the plan's recipe, whose run directory is not here: the
+    batch neither retrains nor re-evaluates it, and the extra seeds reach its card from the published
+    folder alone, the weights bit-exact and the table's hash chain intact."""
+    r, before = lost_run, {f.name: f.read_bytes() for f in lost_run.folder.iterdir()}
+    r.release.first_pass(r.item, dry=False)
+    assert r.ran == []                                      # no pretrain, publish, evaluate or fine-tune
+    r.release.seed_pass(r.item, dry=False)
+    assert r.ran == []                                      # seed 1 was done: only the card changes
+    assert (r.folder / "model.safetensors").read_bytes() == before["model.safetensors"]
+    assert (r.folder / "README.md").read_bytes() != before["README.md"]
+    card = (r.folder / "README.md").read_text()
+    m = TABLE[r.key]["metrics"]
+    assert f"| 0 | {m['fashion_mnist/knn_top1_k20']:.2f} |" in card
+    assert "| 1 | 85.00 | 83.00 | 89.00 | 44.0 min, bf16, Intel host |" in card
+    assert "106.5 min, fp32, AMD EPYC, 2 cores, no GPU |" in card          # seed 0's own run, from the card
+    entry = json.loads(r.table.read_text())[r.key]
+    assert entry["metrics"]["seeds"]["1"]["knn_top1_k20"] == 85.0
+    for f, sha in entry["files"].items():
+        assert weights.sha256_file(r.folder / f) == sha, f
+    zoo_block = json.loads((r.folder / "config.json").read_text())["zoo"]
+    assert {k: v for k, v in zoo_block["metrics"].items() if k != "seeds"} == m
+    r.release.seed_pass(r.item, dry=False)                  # again: nothing left to do, nothing rewritten
+    assert json.loads(r.table.read_text())[r.key] == entry
+
+
+def test_release_whose_recipe_changed_is_trained_again(lost_run, tmp_path):
+    """The table's release was trained from another recipe (here: one epoch fewer): not kept."""
+    r = lost_run
+    recipe = tmp_path / f"{r.key}.yaml"
+    recipe.write_text((REPO / "recipes" / f"{r.key}.yaml").read_text().replace("epochs: 8", "epochs: 7"))
+    item = {**r.item, "recipe": str(recipe)}
+    assert r.release.released(r.item) is not None and r.release.released(item) is None
+    r.release.first_pass(item, dry=True)
+    assert "train/pretrain.py" in r.ran[0] and r.ran[0][-1] == "seed=0"
 
 
 @pytest.mark.slow

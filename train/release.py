@@ -21,6 +21,9 @@ in a card is reproducible by the command the card names:
              runs/release/baselines, keyed by what decides them: one per architecture, data and
              resolution, not one per release), then publish again.
 
+A release whose run directory is gone (a run from another machine or session) is kept when the
+table lists it with its results and its recipe is the plan's: it is not retrained, and its card
+gains later results (extra seeds) from its published folder alone (zoo.publish.republish).
 Extra seeds run right after their release's first seed (the plan lists the main comparison
 first): each is pretrained and evaluated from its run directory (fp32; no baselines, which do not
 depend on the trained weights), and the first seed's card gains a per-seed table.
@@ -36,6 +39,7 @@ import shlex
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import yaml
@@ -88,6 +92,31 @@ def data_of(item: dict) -> str:
     return yaml.safe_load((REPO / item["recipe"]).read_text()).get("data", "fashion_mnist")
 
 
+def released(item: dict) -> dict | None:
+    """The table's entry of this release when weights/ holds it and it was trained from the plan's
+    recipe (computing keys; the seed aside): the record that survives a lost run directory."""
+    from train.recipe import BOOKKEEPING, Recipe, translate_legacy_phase_keys
+    from zoo import weights
+    entry = weights.load_table().get(item["key"])
+    if entry is None or not (weights.weights_root() / item["key"] / "config.json").is_file():
+        return None
+    plan = Recipe.load(REPO / item["recipe"]).to_dict()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        then = Recipe.from_dict(translate_legacy_phase_keys(dict(entry.get("recipe") or {}), "card"),
+                                "card").to_dict()
+    same = all(plan.get(k) == then.get(k) for k in set(plan) | set(then) if k not in (*BOOKKEEPING, "seed"))
+    return entry if same else None
+
+
+def done_in_table(item: dict) -> bool:
+    """The first seed is published with its kNN/linear and low-label results (from whatever run)."""
+    entry = released(item)
+    metrics = (entry or {}).get("metrics") or {}
+    return f"{data_of(item)}/knn_top1_k20" in metrics and all(low_label_key(item, f) in metrics
+                                                               for f in item["low_label"])
+
+
 def pretrain(item: dict, seed: int, dry: bool) -> Path:
     run_dir = RUNS / item["key"] / f"seed{seed}"
     if (run_dir / "pretrainer.safetensors").exists():
@@ -95,7 +124,7 @@ def pretrain(item: dict, seed: int, dry: bool) -> Path:
     if not dry:
         run_dir.mkdir(parents=True, exist_ok=True)
         from train.publish import git_commit
-        write_metrics(run_dir, {"commit": git_commit(REPO)})
+        write_metrics(run_dir, {"commit": git_commit(REPO), "machine": machine()})
     resume = ["resume=true"] if (run_dir / "state").exists() else []
     run([sys.executable, "train/pretrain.py", "--recipe", item["recipe"], f"run_dir={run_dir}",
          f"seed={seed}", *resume], dry)
@@ -148,8 +177,25 @@ def low_label(item: dict, source: str, run_dir: Path, dry: bool) -> None:
             write_metrics(run_dir, {"commands": {**metrics_of(run_dir).get("commands", {}), low_label_suffix(fraction): shlex.join(cmd)}})
 
 
+def republish(item: dict, metrics: dict, dry: bool) -> None:
+    """Re-render a release from its published folder alone (its run directory is gone), `metrics`
+    merged into the card's; the weights stay bit-exact (zoo.publish.republish)."""
+    from zoo import weights
+    from zoo.publish import republish as from_folder
+    folder = weights.weights_root() / item["key"]
+    print(f"republish {folder} from its own files" + (f", adding {sorted(metrics)}" if metrics else ""), flush=True)
+    if not dry:
+        from_folder(folder, metrics)
+
+
 def first_pass(item: dict, dry: bool) -> None:
     seed = item["seeds"][0]
+    planned = RUNS / item["key"] / f"seed{seed}"
+    if not (planned / "pretrainer.safetensors").exists() and not (planned / "state").exists() \
+            and done_in_table(item):
+        print(f"{item['key']}: released from an earlier run (weights/{item['key']}, its recipe as planned); "
+              "its run directory is not here, so it is kept, not retrained", flush=True)
+        return
     run_dir = pretrain(item, seed, dry)
     done = metrics_of(run_dir)
     if f"{data_of(item)}/knn_top1_k20" in done and (REPO / "weights" / item["key"]).exists() and all(
@@ -167,15 +213,29 @@ def seed_pass(item: dict, dry: bool) -> None:
         return
     data = data_of(item)
     first = RUNS / item["key"] / f"seed{item['seeds'][0]}"
+    # the first seed's record: its run directory, or the released folder when that run is gone
+    first_here = (first / "pretrainer.safetensors").exists()
+    entry = None if first_here or dry else released(item)
     table = {}
     for seed in item["seeds"]:
-        run_dir = first if seed == item["seeds"][0] else pretrain(item, seed, dry)
-        if seed != item["seeds"][0]:
+        if seed == item["seeds"][0]:
+            m = metrics_of(first) if first_here or entry is None else \
+                {**entry["metrics"], "machine": (entry.get("facts") or {}).get("machine")}
+        else:
+            run_dir = pretrain(item, seed, dry)
             evaluate(item, str(run_dir), run_dir, baselines=False, dry=dry)
-        m = metrics_of(run_dir)
+            m = metrics_of(run_dir)
         table[str(seed)] = {k: m.get(f"{data}/{k}") for k in SEED_METRICS}
         table[str(seed)]["wall_clock_s"] = (m.get("pretrain") or {}).get("wall_clock_s")
-    if dry or metrics_of(first).get("seeds") == table:
+        table[str(seed)]["mixed_precision"] = (m.get("pretrain") or {}).get("mixed_precision")
+        table[str(seed)]["machine"] = m.get("machine")
+    if dry:
+        return
+    if entry is not None:
+        if entry["metrics"].get("seeds") != table:
+            republish(item, {"seeds": table}, dry)
+        return
+    if metrics_of(first).get("seeds") == table:
         return
     write_metrics(first, {"seeds": table})
     publish(item, first, dry)
@@ -200,6 +260,8 @@ def main(argv=None) -> None:
             run_dir = RUNS / item["key"] / f"seed{item['seeds'][0]}"
             if f"{data_of(item)}/knn_top1_k20" in metrics_of(run_dir):
                 publish(item, run_dir, args.dry_run)
+            elif released(item):
+                republish(item, {}, args.dry_run)
         return
     for item in plan:
         print(f"\n=== {item['key']} (seed {item['seeds'][0]}) ===", flush=True)

@@ -141,15 +141,25 @@ def headline(metrics: dict) -> dict[str, float]:
 def seeds_summary(seeds: dict) -> dict:
     """The card's per-seed table: the same recipe trained with each seed, the same protocol.
 
-    seeds: {"0": {"knn_top1_k20": .., "knn_top1_k200": .., "linear_top1": .., "wall_clock_s": ..}, ...};
-    the first seed is the released file (evaluated as stored, fp16), the others their fp32 runs.
-    Returns {"columns": labels, "rows": [(seed, values, minutes)], "stats": [(mean, sd)]}.
+    seeds: {"0": {"knn_top1_k20": .., "knn_top1_k200": .., "linear_top1": .., "wall_clock_s": ..,
+    "mixed_precision": "bf16" | "no", "machine": ..}, ...}; the first seed is the released file
+    (evaluated as stored, fp16), the others their fp32 runs. Seeds may have run on different hosts
+    and precisions (a campaign spans sessions): each row says how its pretraining ran.
+    Returns {"columns": labels, "rows": [(seed, values, how)], "stats": [(mean, sd)]}.
     """
     import statistics
     cols = [c for c in ("knn_top1_k20", "knn_top1_k200", "linear_top1") if any(
         r.get(c) is not None for r in seeds.values())]
-    rows = [(seed, [row.get(c) for c in cols], row["wall_clock_s"] / 60 if row.get("wall_clock_s") else None)
-            for seed, row in seeds.items()]
+
+    def how(row: dict) -> str:
+        parts = [f"{row['wall_clock_s'] / 60:.1f} min" if row.get("wall_clock_s") else "-"]
+        if row.get("mixed_precision"):
+            parts.append("fp32" if row["mixed_precision"] == "no" else row["mixed_precision"])
+        if row.get("machine"):
+            parts.append(str(row["machine"]))
+        return ", ".join(parts)
+
+    rows = [(seed, [row.get(c) for c in cols], how(row)) for seed, row in seeds.items()]
     stats = []
     for c in cols:
         values = [r[c] for r in seeds.values() if r.get(c) is not None]
@@ -346,6 +356,53 @@ def publish(backbone: nn.Module, out_dir: str | os.PathLike, name: str, tag: str
     return _jsonable({"name": name, "tag": tag, "timm_arch": entry.timm_arch, "model_args": entry.model_args,
                       "pretrained_cfg": cfg, "hf_hub_id": hf_hub_id, "revision": None, "files": files,
                       **{k: v for k, v in zoo_block.items() if k not in ("name", "tag", "files")}})
+
+
+def republish(folder: str | os.PathLike, metrics: dict, table: str | os.PathLike | None = None) -> dict:
+    """Re-render a published folder's card with `metrics` merged into its recorded ones; return its
+    table entry (also written to `table` when that table lists the release).
+
+    For a release whose run directory is gone (another machine, an earlier session): everything a
+    card is made of is in the folder (config.json's `zoo` block: recipe, metrics, commands, facts,
+    commit), so new results (extra seeds, a later fine-tune) reach the card without retraining.
+    The weights are re-saved from the folder's own files in their own dtype, a bit-exact round
+    trip; a file whose hash would change is an error, and the folder is left as it was.
+
+    Example:
+        >>> republish("weights/simclr_resnet18.fmnist", {"seeds": {...}})     # doctest: +SKIP
+    """
+    folder = Path(folder)
+    zoo_block = weights.read_folder_config(folder).get("zoo") or {}
+    name, tag = zoo_block.get("name"), zoo_block.get("tag")
+    if not (name and tag and zoo_block.get("files")):
+        raise ValueError(f"{folder}: config.json has no zoo block with name, tag and files: not a zoo release")
+    from zoo.factory import create_masker, create_model
+    backbone = create_model(str(folder), pretrained=True)
+    masker = create_masker(str(folder)) if "masker.safetensors" in zoo_block["files"] else None
+    pretrainer = zoo_block.get("pretrainer") or {}
+    listed = weights.load_table(table).get(f"{name}.{tag}")
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.re-"))
+    try:
+        entry = publish(backbone, tmp / folder.name, name, tag, recipe=zoo_block.get("recipe") or {},
+                        metrics={**(zoo_block.get("metrics") or {}), **metrics}, masker=masker,
+                        commit=zoo_block.get("commit"), dtype=zoo_block.get("dtype"),
+                        objective=pretrainer.get("objective"), pretrainer_args=pretrainer.get("model_args"),
+                        exported=zoo_block.get("exported"), facts=zoo_block.get("facts"),
+                        commands=zoo_block.get("commands"), license=zoo_block.get("license", "apache-2.0"),
+                        hf_hub_id=(listed or {}).get("hf_hub_id"))
+        changed = [f for f in zoo_block["files"] if f.endswith(".safetensors")
+                   and entry["files"].get(f) != zoo_block["files"][f]]
+        if changed:
+            raise RuntimeError(f"{folder}: re-saving {changed} would change their SHA-256 "
+                               f"({[zoo_block['files'][f][:12] for f in changed]} -> "
+                               f"{[entry['files'].get(f, '')[:12] for f in changed]}): left as it was")
+        _swap_in(tmp / folder.name, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if listed is not None:              # a pushed release keeps its Hub commit
+        entry["revision"] = listed.get("revision")
+        update_table(entry, table)
+    return entry
 
 
 def _swap_in(tmp: Path, out_dir: Path) -> None:
