@@ -255,6 +255,33 @@ def test_release_whose_run_is_gone_is_kept_and_gains_its_seeds(lost_run):
     assert json.loads(r.table.read_text())[r.key] == entry
 
 
+def test_release_whose_run_is_gone_gets_its_missing_fine_tune(lost_run, monkeypatch):
+    """A kept release lacking a planned low-label fraction: only that fine-tune runs, on the
+    released file, and its results (with the baselines and the command) reach the card."""
+    r = lost_run
+    r.item["low_label"] = [0.01, 0.1, 0.05]
+
+    def fake_finetune(cmd, dry):             # what train/finetune.py --out DIR writes
+        r.ran.append(cmd)
+        out = Path(cmd[cmd.index("--out") + 1])
+        r.release.write_metrics(out, {"fashion_mnist/finetune_top1_5pct": 84.0,
+                                      "fashion_mnist/untrained/finetune_top1_5pct": 81.0,
+                                      "fashion_mnist/raw_pixels/logreg_top1_5pct": 77.0})
+    monkeypatch.setattr(r.release, "run", fake_finetune)
+    r.release.first_pass(r.item, dry=False)
+    assert [c[1:5] for c in r.ran] == [["train/finetune.py", r.key, "--labels", "0.05"]]
+    card = (r.folder / "README.md").read_text()
+    assert "| fine-tune top-1, 5 % labels, fashion_mnist | 84 | 81 | 77 |" in card
+    assert f"    python train/finetune.py {r.key} --labels 0.05 --baselines" in card
+    assert f"    python train/finetune.py {r.key} --labels 0.01 --baselines" in card      # the old ones kept
+    entry = json.loads(r.table.read_text())[r.key]
+    assert entry["metrics"]["fashion_mnist/finetune_top1_5pct"] == 84.0
+    assert entry["metrics"]["fashion_mnist/knn_top1_k20"] == TABLE[r.key]["metrics"]["fashion_mnist/knn_top1_k20"]
+    r.ran.clear()
+    r.release.first_pass(r.item, dry=False)                 # again: done, nothing run or rewritten
+    assert r.ran == [] and json.loads(r.table.read_text())[r.key] == entry
+
+
 def test_release_whose_recipe_changed_is_trained_again(lost_run, tmp_path):
     """The table's release was trained from another recipe (here: one epoch fewer): not kept."""
     r = lost_run

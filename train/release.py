@@ -22,8 +22,9 @@ in a card is reproducible by the command the card names:
              resolution, not one per release), then publish again.
 
 A release whose run directory is gone (a run from another machine or session) is kept when the
-table lists it with its results and its recipe is the plan's: it is not retrained, and its card
-gains later results (extra seeds) from its published folder alone (zoo.publish.republish).
+table lists it with its kNN/linear results and its recipe is the plan's: it is not retrained; the
+steps it still lacks (low-label fine-tunes, extra seeds) run on the released file, and its card
+gains their results from its published folder alone (zoo.publish.republish).
 Extra seeds run right after their release's first seed (the plan lists the main comparison
 first): each is pretrained and evaluated from its run directory (fp32; no baselines, which do not
 depend on the trained weights), and the first seed's card gains a per-seed table.
@@ -109,14 +110,6 @@ def released(item: dict) -> dict | None:
     return entry if same else None
 
 
-def done_in_table(item: dict) -> bool:
-    """The first seed is published with its kNN/linear and low-label results (from whatever run)."""
-    entry = released(item)
-    metrics = (entry or {}).get("metrics") or {}
-    return f"{data_of(item)}/knn_top1_k20" in metrics and all(low_label_key(item, f) in metrics
-                                                               for f in item["low_label"])
-
-
 def pretrain(item: dict, seed: int, dry: bool) -> Path:
     run_dir = RUNS / item["key"] / f"seed{seed}"
     if (run_dir / "pretrainer.safetensors").exists():
@@ -163,11 +156,12 @@ def low_label_key(item: dict, fraction: float) -> str:
     return f"{data_of(item)}/finetune_top1{low_label_suffix(fraction)}"
 
 
-def low_label(item: dict, source: str, run_dir: Path, dry: bool) -> None:
+def low_label(item: dict, source: str, run_dir: Path, dry: bool, done: dict | None = None) -> None:
     """The low-label fine-tunes of the released file (train/finetune.py --labels F --baselines:
-    pretrained, from scratch and a raw-pixel logistic regression on one class-balanced subset)."""
+    pretrained, from scratch and a raw-pixel logistic regression on one class-balanced subset);
+    a fraction whose result is in run_dir's metrics or in `done` (the card's) is skipped."""
     for fraction in item["low_label"]:
-        if low_label_key(item, fraction) in metrics_of(run_dir):
+        if low_label_key(item, fraction) in {**(done or {}), **metrics_of(run_dir)}:
             continue
         cmd = ["python", "train/finetune.py", source, "--labels", f"{fraction:g}", "--baselines",
                *(["--bf16"] if "--bf16" in item["eval"] else [])]
@@ -188,13 +182,28 @@ def republish(item: dict, metrics: dict, dry: bool) -> None:
         from_folder(folder, metrics)
 
 
+def later_results(item: dict, entry: dict, run_dir: Path, dry: bool) -> None:
+    """The steps after training that a kept release still lacks (its low-label fine-tunes), run on
+    the released file into a run directory of their own, then added to its card."""
+    if not dry:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    low_label(item, item["key"], run_dir, dry, done=entry["metrics"])
+    added = metrics_of(run_dir)
+    new = {k: v for k, v in added.items() if k != "commands" and entry["metrics"].get(k) != v}
+    commands = {k: v for k, v in added.get("commands", {}).items() if (entry.get("commands") or {}).get(k) != v}
+    if new or commands:
+        republish(item, {**new, **({"commands": commands} if commands else {})}, dry)
+
+
 def first_pass(item: dict, dry: bool) -> None:
     seed = item["seeds"][0]
     planned = RUNS / item["key"] / f"seed{seed}"
-    if not (planned / "pretrainer.safetensors").exists() and not (planned / "state").exists() \
-            and done_in_table(item):
+    trained_here = (planned / "pretrainer.safetensors").exists() or (planned / "state").exists()
+    entry = None if trained_here else released(item)
+    if entry is not None and f"{data_of(item)}/knn_top1_k20" in entry["metrics"]:
         print(f"{item['key']}: released from an earlier run (weights/{item['key']}, its recipe as planned); "
               "its run directory is not here, so it is kept, not retrained", flush=True)
+        later_results(item, entry, planned, dry)
         return
     run_dir = pretrain(item, seed, dry)
     done = metrics_of(run_dir)

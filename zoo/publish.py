@@ -359,8 +359,9 @@ def publish(backbone: nn.Module, out_dir: str | os.PathLike, name: str, tag: str
 
 
 def republish(folder: str | os.PathLike, metrics: dict, table: str | os.PathLike | None = None) -> dict:
-    """Re-render a published folder's card with `metrics` merged into its recorded ones; return its
-    table entry (also written to `table` when that table lists the release).
+    """Re-render a published folder's card with `metrics` merged into its recorded ones (a
+    "commands" key merges into its commands); return its table entry (also written to `table` when
+    that table lists the release).
 
     For a release whose run directory is gone (another machine, an earlier session): everything a
     card is made of is in the folder (config.json's `zoo` block: recipe, metrics, commands, facts,
@@ -380,6 +381,8 @@ def republish(folder: str | os.PathLike, metrics: dict, table: str | os.PathLike
     backbone = create_model(str(folder), pretrained=True)
     masker = create_masker(str(folder)) if "masker.safetensors" in zoo_block["files"] else None
     pretrainer = zoo_block.get("pretrainer") or {}
+    metrics = dict(metrics)
+    commands = {**(zoo_block.get("commands") or {}), **metrics.pop("commands", {})}
     listed = weights.load_table(table).get(f"{name}.{tag}")
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.re-"))
     try:
@@ -388,7 +391,7 @@ def republish(folder: str | os.PathLike, metrics: dict, table: str | os.PathLike
                         commit=zoo_block.get("commit"), dtype=zoo_block.get("dtype"),
                         objective=pretrainer.get("objective"), pretrainer_args=pretrainer.get("model_args"),
                         exported=zoo_block.get("exported"), facts=zoo_block.get("facts"),
-                        commands=zoo_block.get("commands"), license=zoo_block.get("license", "apache-2.0"),
+                        commands=commands, license=zoo_block.get("license", "apache-2.0"),
                         hf_hub_id=(listed or {}).get("hf_hub_id"))
         changed = [f for f in zoo_block["files"] if f.endswith(".safetensors")
                    and entry["files"].get(f) != zoo_block["files"][f]]
