@@ -10,8 +10,8 @@ from test_data import _write_idx
 from train import demo
 from zoo import weights
 
-TINY = ["--knn-train", "64", "--knn-test", "32", "--mask-images", "8", "--fmnist-train", "64", "--fmnist-test", "32", "epochs=1", "limit_train=64",
-        "batch_size=32", "num_workers=0", "log_every=1", "ckpt_every=0", "mask_grid_every=0"]
+TINY = ["--knn-train", "64", "--knn-test", "32", "--mask-images", "8", "--fmnist-train", "64", "--fmnist-test", "32",
+        "epochs=1", "limit_train=64", "batch_size=32", "num_workers=0", "log_every=1", "ckpt_every=0", "mask_grid_every=0"]
 
 
 def test_demo_runs_measures_publishes_and_loads_back(tmp_path, capsys):
