@@ -40,7 +40,6 @@ import shlex
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import yaml
@@ -95,19 +94,16 @@ def data_of(item: dict) -> str:
 
 def released(item: dict) -> dict | None:
     """The table's entry of this release when weights/ holds it and it was trained from the plan's
-    recipe (computing keys; the seed aside): the record that survives a lost run directory."""
-    from train.recipe import BOOKKEEPING, Recipe, translate_legacy_phase_keys
+    recipe (the computing keys a resume checks; the seed aside): the record that survives a lost
+    run directory."""
+    from train.pretrain import recipe_changes
+    from train.recipe import Recipe
     from zoo import weights
     entry = weights.load_table().get(item["key"])
     if entry is None or not (weights.weights_root() / item["key"] / "config.json").is_file():
         return None
-    plan = Recipe.load(REPO / item["recipe"]).to_dict()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        then = Recipe.from_dict(translate_legacy_phase_keys(dict(entry.get("recipe") or {}), "card"),
-                                "card").to_dict()
-    same = all(plan.get(k) == then.get(k) for k in set(plan) | set(then) if k not in (*BOOKKEEPING, "seed"))
-    return entry if same else None
+    changes = recipe_changes(dict(entry.get("recipe") or {}), Recipe.load(REPO / item["recipe"]))
+    return entry if set(changes) <= {"seed"} else None
 
 
 def pretrain(item: dict, seed: int, dry: bool) -> Path:
