@@ -255,6 +255,34 @@ def test_release_whose_run_is_gone_is_kept_and_gains_its_seeds(lost_run):
     assert json.loads(r.table.read_text())[r.key] == entry
 
 
+def test_extra_seed_whose_run_is_gone_is_kept_from_the_card(lost_run):
+    """Seed 1 reached the card in an earlier session; on a new machine (its run directory gone) a
+    plan with seeds [0, 1, 2] trains only seed 2, and seed 1's row stays as the card had it."""
+    r = lost_run
+    r.release.seed_pass(r.item, dry=False)                  # seed 1's row reaches the card
+    row = json.loads(r.table.read_text())[r.key]["metrics"]["seeds"]["1"]
+    shutil.rmtree(r.release.RUNS / r.key / "seed1")
+    r.item["seeds"] = [0, 1, 2]
+    r.release.seed_pass(r.item, dry=False)
+    trained = [c for c in r.ran if "train/pretrain.py" in c]
+    assert [c[-1] for c in trained] == ["seed=2"]
+    assert all("seed1" not in " ".join(c) for c in r.ran)
+    seeds = json.loads(r.table.read_text())[r.key]["metrics"]["seeds"]
+    assert seeds["1"] == row and set(seeds) == {"0", "1", "2"}
+
+
+def test_extra_seed_with_an_incomplete_row_is_trained_again(lost_run):
+    """A card row missing a metric (a seed cut off before its evaluation) is not a result: retrained."""
+    r = lost_run
+    r.release.seed_pass(r.item, dry=False)
+    shutil.rmtree(r.release.RUNS / r.key / "seed1")
+    entry = json.loads(r.table.read_text())
+    entry[r.key]["metrics"]["seeds"]["1"]["linear_top1"] = None
+    r.table.write_text(json.dumps(entry))
+    r.release.seed_pass(r.item, dry=False)
+    assert [c[-1] for c in r.ran if "train/pretrain.py" in c] == ["seed=1"]
+
+
 def test_release_whose_run_is_gone_gets_its_missing_fine_tune(lost_run, monkeypatch):
     """A kept release lacking a planned low-label fraction: only that fine-tune runs, on the
     released file, and its results (with the baselines and the command) reach the card."""

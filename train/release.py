@@ -27,7 +27,8 @@ steps it still lacks (low-label fine-tunes, extra seeds) run on the released fil
 gains their results from its published folder alone (zoo.publish.republish).
 Extra seeds run right after their release's first seed (the plan lists the main comparison
 first): each is pretrained and evaluated from its run directory (fp32; no baselines, which do not
-depend on the trained weights), and the first seed's card gains a per-seed table.
+depend on the trained weights), and the first seed's card gains a per-seed table. An extra seed
+whose run directory is gone keeps its card row when that row is whole (all its metrics).
 A step whose output exists is skipped, so the batch is re-entrant.
 """
 from __future__ import annotations
@@ -220,12 +221,21 @@ def seed_pass(item: dict, dry: bool) -> None:
     first = RUNS / item["key"] / f"seed{item['seeds'][0]}"
     # the first seed's record: its run directory, or the released folder when that run is gone
     first_here = (first / "pretrainer.safetensors").exists()
-    entry = None if first_here or dry else released(item)
+    card = None if dry else released(item)
+    entry = None if first_here else card
+    # an extra seed's row in the card survives its run directory (trained in another session/machine)
+    rows = ((card or {}).get("metrics") or {}).get("seeds") or {}
     table = {}
     for seed in item["seeds"]:
         if seed == item["seeds"][0]:
             m = metrics_of(first) if first_here or entry is None else \
                 {**entry["metrics"], "machine": (entry.get("facts") or {}).get("machine")}
+        elif not any((RUNS / item["key"] / f"seed{seed}" / f).exists() for f in ("pretrainer.safetensors", "state")) \
+                and all((rows.get(str(seed)) or {}).get(k) is not None for k in SEED_METRICS):
+            print(f"{item['key']} seed {seed}: in the card's seed table, its run directory is not here: "
+                  "kept, not retrained", flush=True)
+            table[str(seed)] = rows[str(seed)]
+            continue
         else:
             run_dir = pretrain(item, seed, dry)
             evaluate(item, str(run_dir), run_dir, baselines=False, dry=dry)
