@@ -381,3 +381,22 @@ def test_pairs_table_compares_only_pairs_trained_with_the_same_settings():
     assert setting_differences(legacy, newer) == {}                              # at their defaults
     short = card("adios_resnet18", 70.0, objective="simclr", max_steps=100)      # a cut schedule counts
     assert setting_differences(short, control) == {"max_steps": (100, 0)}
+
+
+def test_pairs_table_divides_wall_clocks_only_from_one_host_and_precision():
+    """The pretraining-time ratio is a cost only when both runs had the same host and precision;
+    else the cell names both settings instead of a number."""
+    from train.readme_table import time_ratio
+
+    def card(wall, machine=None, precision=None):
+        pre = {"wall_clock_s": wall, **({"mixed_precision": precision} if precision else {})}
+        return {"metrics": {"pretrain": pre}, **({"facts": {"machine": machine}} if machine else {})}
+
+    intel, amd = "Intel(R) Xeon(R) Processor, 2 cores, no GPU", "AMD EPYC, 2 cores, no GPU"
+    assert time_ratio(card(7895.2, intel, "bf16"), card(6389.5, amd, "no")) == \
+        "not comparable: Intel Xeon bf16 / AMD EPYC fp32"
+    assert time_ratio(card(7895.2, intel, "bf16"), card(6389.5, intel, "no")) == \
+        "not comparable: Intel Xeon bf16 / Intel Xeon fp32"
+    assert time_ratio(card(7920.0, intel, "bf16"), card(2640.0, intel, "bf16")) == "3.00x"
+    assert time_ratio(card(120.0), card(60.0)) == "2.00x"          # older cards: no record, as before
+    assert time_ratio(card(120.0), card(None)) == "-"

@@ -74,6 +74,26 @@ def minutes(card: dict) -> float | None:
     return wall / 60 if wall else None
 
 
+def run_setting(card: dict) -> tuple[str, str] | None:
+    """(host, precision) a card's pretraining ran on, or None where the card predates the record:
+    wall-clocks from two settings do not divide into a cost ratio."""
+    machine = (card.get("facts") or {}).get("machine")
+    precision = (card["metrics"].get("pretrain") or {}).get("mixed_precision")
+    if not machine or not precision:
+        return None
+    return machine.split(",")[0].replace("(R)", "").replace(" Processor", ""), \
+        "fp32" if precision == "no" else precision
+
+
+def time_ratio(a: dict, b: dict) -> str:
+    if not (minutes(a) and minutes(b)):
+        return "-"
+    sa, sb = run_setting(a), run_setting(b)
+    if sa and sb and sa != sb:
+        return f"not comparable: {' '.join(sa)} / {' '.join(sb)}"
+    return f"{minutes(a) / minutes(b):.2f}x"
+
+
 def weights_table(all_cards: dict, weights_dir: Path) -> list[str]:
     lines = ["| weight | method (base) | data | kNN k=20 | kNN k=200 | linear | untrained: kNN k=20 / linear | "
              "raw pixels: kNN k=20 / linear | 1 % labels: fine-tune / scratch / raw pixels | "
@@ -143,8 +163,7 @@ def pairs_table(all_cards: dict, plan: list[dict]) -> list[str]:
                     deltas.append(f"{ma - mb:+.1f} (± {(sa ** 2 / na + sb ** 2 / nb) ** 0.5:.1f})")
                 else:
                     deltas.append(f"{ma - mb:+.1f}")
-            ratio = (f"{minutes(a) / minutes(b):.2f}x" if minutes(a) and minutes(b) else "-")
-            lines.append(f"| `{key}` | `{control}` | {min(n)} | " + " | ".join(deltas) + f" | {ratio} |")
+            lines.append(f"| `{key}` | `{control}` | {min(n)} | " + " | ".join(deltas) + f" | {time_ratio(a, b)} |")
     return lines
 
 
