@@ -147,6 +147,37 @@ def quality_table(d: dict) -> str:
               f"{d['knn_train']} train / {d['knn_test']} test images.")
 
 
+def to_pixels_table(d: dict) -> str:
+    if "skipped" in d:
+        return f"Skipped: {d['skipped']}"
+    sides = {k: d[k] for k in ("ours", "lightly") if isinstance(d.get(k), dict) and "checks" in d[k]}
+    rows = []
+    for side, r in sides.items():
+        hit, raw = r["beaten_at"], r["raw_pixels"]["knn_top1_k20"]
+        when = (f"{hit['step_minutes']:.1f} / {hit['wall_minutes']:.1f} min, epoch {hit['epochs']:g}, "
+                f"kNN {hit['knn_top1_k20']:.2f}" if hit else
+                f"not within {r['settings']['epochs']} epochs (best {r['best']['knn_top1_k20']:.2f} at epoch "
+                f"{r['best']['epochs']:g}, {r['best']['step_minutes']:.1f} step-min)")
+        rows.append([side, r["precision"], _f(r["images_per_s"], "{:.1f}"), _f(raw), when])
+    out = _table(["side", "precision", "images/s (training steps)", "raw pixels kNN k=20",
+                  "first above raw pixels: step / wall minutes, epoch, kNN k=20"], rows)
+    if len(sides) == 2:
+        o, t = sides["ours"], sides["lightly"]
+        if o["settings"] != t["settings"]:
+            out += "\n\nThe two sides ran with different settings: not compared."
+        elif o["beaten_at"] and t["beaten_at"]:
+            out += (f"\n\nCPU-minutes to beat raw pixels, lightly / ours: "
+                    f"{t['beaten_at']['step_minutes'] / o['beaten_at']['step_minutes']:.2f}x.")
+    if sides:
+        st = next(iter(sides.values()))["settings"]
+        out += (f"\n\nRecipe `{st['recipe']}`{' with ' + ' '.join(st['overrides']) if st['overrides'] else ''} "
+                f"({st['image_size']} px, batch {st['batch']}, {st['epochs']} epochs), both sides from the same "
+                f"initial weights, images and views; kNN every {st['check_every_epochs']:g} epoch on "
+                f"{st['knn_train']} train / {st['knn_test']} test images. Step minutes count forward, backward "
+                "and optimizer; wall minutes add the shared augmentation (not the checks).")
+    return out
+
+
 def before_after(before: dict, after: dict) -> str:
     """Ratios from an earlier results file next to the current ones (the gap-closing record)."""
     b, a = (before.get("versus") or {}).get("data") or {}, (after.get("versus") or {}).get("data") or {}
@@ -311,7 +342,8 @@ def render(results: dict, changes: dict[str, tuple[dict, dict]] | None = None) -
                             ("masking", "What masking costs", masking_tables),
                             ("loading", "create_model latency", loading_table),
                             ("diagnostics", "Diagnostics: attention kernels, ResNet at 32 px", diagnostics_tables),
-                            ("quality", "Quality at a fixed budget (Fashion-MNIST kNN)", quality_table)):
+                            ("quality", "Quality at a fixed budget (Fashion-MNIST kNN)", quality_table),
+                            ("to_pixels", "Time to beat raw pixels (SimCLR, Fashion-MNIST kNN)", to_pixels_table)):
         d, sec = _data(results, name)
         if d is None:
             continue

@@ -9,7 +9,8 @@ Sections: peak (matmul GFLOP/s), pretrainers (every registered pretrainer at CPU
 fresh process per case for clean peak memory), versus (ours vs lightly), masking (batched K-mask
 forward vs loop; ADIOS / ADIOS-s / ExtreMA cost ratios), loading (create_model latency),
 diagnostics (attention kernels, ResNet fwd/bwd split in fp32 vs bf16), quality (kNN after equal
-minutes; only when named, it is long). `--merge` keeps the other sections of an
+minutes; only when named, it is long), to_pixels (CPU-minutes of SimCLR until kNN beats raw pixels,
+ours vs lightly, on the release recipe; only when named, hours: one side per call with --merge). `--merge` keeps the other sections of an
 existing JSON file, so sections can be re-run one at a time (pretrainer and versus cases merge
 case by case); every run appends its command, machine line and load averages to `runs`, and
 every section (and every pretrainer / versus case) names the run that produced it.
@@ -28,7 +29,7 @@ from pathlib import Path
 from benchmarks import common
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("peak", "pretrainers", "versus", "masking", "loading", "diagnostics", "quality")
+SECTIONS = ("peak", "pretrainers", "versus", "masking", "loading", "diagnostics", "quality", "to_pixels")
 DEFAULT = ("peak", "pretrainers", "versus", "masking", "loading", "diagnostics")
 SCHEMA = 1
 
@@ -83,6 +84,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=common.DEFAULT_THREADS)
     ap.add_argument("--methods", default=None, help="versus methods (default simclr,byol,simsiam,mae)")
     ap.add_argument("--quality-minutes", type=float, default=3.0)
+    ap.add_argument("--to-pixels-sides", default="ours,lightly",
+                    help="to_pixels sides (ours,lightly): ~1 h or more each at full size, one per call merges")
     ap.add_argument("--inproc", action="store_true", help="pretrainer cases in this process (no fresh-process memory)")
     a = ap.parse_args(argv)
     sections = tuple(a.only.split(",")) if a.only else DEFAULT
@@ -120,7 +123,7 @@ def main(argv=None) -> dict:
             import traceback
             traceback.print_exc()
             data = dict(error=f"{type(e).__name__}: {e}")
-        if isinstance(data, dict) and name in ("pretrainers", "versus"):
+        if isinstance(data, dict) and name in ("pretrainers", "versus", "to_pixels"):
             for case in data.values():
                 if isinstance(case, dict):
                     case["run"] = run_index
@@ -159,6 +162,12 @@ def main(argv=None) -> dict:
         kw = (dict(minutes=min(a.quality_minutes, 0.05), batch=16, knn_train=200, knn_test=100)
               if a.quick else dict(minutes=a.quality_minutes))
         section("quality", lambda: quality.run(**kw))
+    if "to_pixels" in sections:
+        from benchmarks import to_pixels
+        sides = tuple(a.to_pixels_sides.split(","))
+        kw = (dict(knn_train=200, knn_test=100, check_every=1.0,
+                   overrides=("limit_train=512", "batch_size=32", "epochs=1", "max_steps=4")) if a.quick else {})
+        section("to_pixels", lambda: to_pixels.run(sides, **kw))
     run_info["finished"] = datetime.datetime.now().isoformat(timespec="seconds")
     run_info["load_average_end"] = list(os.getloadavg())
     _write(out_path, results)

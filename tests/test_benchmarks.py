@@ -181,3 +181,50 @@ def test_probes_reject_unknown_names():
     from benchmarks import probes
     with pytest.raises(SystemExit, match="unknown probe"):
         probes.main(["stage5"])
+
+
+def test_to_pixels_quick_run_records_both_sides(tmp_path):
+    """The time-to-raw-pixels record, tiny: both sides train the release recipe's first steps from
+    the same weights and views, are checked against raw pixels on one split, and merge per side."""
+    from benchmarks import run
+    out = tmp_path / "bench.json"
+    run.main(["--quick", "--only", "to_pixels", "--to-pixels-sides", "ours", "--threads", "1", "--out", str(out)])
+    d = json.loads(out.read_text())["to_pixels"]["data"]
+    if "skipped" in d:
+        pytest.skip(d["skipped"])
+    assert "error" not in d, d.get("error")
+    run.main(["--quick", "--only", "to_pixels", "--to-pixels-sides", "lightly", "--threads", "1", "--merge",
+              "--out", str(out)])
+    d = json.loads(out.read_text())["to_pixels"]["data"]
+    for side, precision in (("ours", "bf16"), ("lightly", "fp32")):
+        r = d[side]
+        assert r["precision"] == precision and r["steps"] == 4 and r["images"] == 4 * 32
+        assert [c["step"] for c in r["checks"]] == [4]                 # the last step is always checked
+        assert r["best"] == max(r["checks"], key=lambda c: c["knn_top1_k20"])
+        beaten = r["checks"][0]["knn_top1_k20"] > r["raw_pixels"]["knn_top1_k20"]
+        assert (r["beaten_at"] is not None) == beaten
+        assert 0 < r["checks"][0]["step_minutes"] <= r["checks"][0]["wall_minutes"]
+    assert d["ours"]["settings"] == d["lightly"]["settings"]
+    assert d["ours"]["raw_pixels"] == d["lightly"]["raw_pixels"]      # one split for both calls
+
+
+def test_to_pixels_report_compares_only_equal_settings():
+    from benchmarks.report import to_pixels_table
+
+    def side(precision, hit_min, best=86.0):
+        hit = dict(step_minutes=hit_min, wall_minutes=hit_min + 5, epochs=6, knn_top1_k20=best) if hit_min else None
+        return dict(precision=precision, images_per_s=180.0, checks=[{}], beaten_at=hit,
+                    best=dict(knn_top1_k20=best, epochs=8, step_minutes=40.0),
+                    raw_pixels={"knn_top1_k20": 85.0}, settings=settings)
+
+    settings = dict(recipe="recipes/simclr_resnet18.fmnist.yaml", overrides=[], image_size=48, batch=256,
+                    epochs=8, check_every_epochs=0.5, knn_train=10000, knn_test=2000)
+    text = to_pixels_table({"ours": side("bf16", 30.0), "lightly": side("fp32", 75.0)})
+    assert "| ours | bf16 | 180.0 | 85.00 | 30.0 / 35.0 min, epoch 6, kNN 86.00 |" in text
+    assert "lightly / ours: 2.50x" in text
+    text = to_pixels_table({"ours": side("bf16", 30.0), "lightly": side("fp32", None, best=84.0)})
+    assert "not within 8 epochs (best 84.00 at epoch 8, 40.0 step-min)" in text and "lightly / ours" not in text
+    other = side("fp32", 75.0)
+    other["settings"] = {**settings, "overrides": ["epochs=4"]}
+    text = to_pixels_table({"ours": side("bf16", 30.0), "lightly": other})
+    assert "different settings: not compared" in text and "lightly / ours" not in text
