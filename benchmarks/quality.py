@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from benchmarks import peer_lightly
 from benchmarks.common import to_format
@@ -52,17 +52,32 @@ def _loader(method: str, batch: int, seed: int):
     return DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True, generator=g, num_workers=0)
 
 
-def _knn(backbone, knn_train: int, knn_test: int) -> dict:
-    from zoo.data import DATASETS, build_dataset, eval_transform
+def eval_split(data: str, image_size: int, mean, std, n_train: int, n_test: int):
+    """(train images, labels), (test images, labels): the first n_train / n_test images of the
+    splits, unaugmented at `image_size` with the given normalisation."""
+    from zoo.data import build_dataset, eval_transform
+    tf = eval_transform(image_size, mean, std)
+    out = []
+    for split, n in (("train", n_train), ("test", n_test)):
+        ds = build_dataset(data, split, image_size=image_size, transform=tf)
+        pairs = [ds[i] for i in range(min(n, len(ds)))]
+        out.append((torch.stack([x for x, _ in pairs]), torch.as_tensor([y for _, y in pairs])))
+    return out
+
+
+def knn(backbone, split, num_classes: int = 10) -> dict:
+    """Weighted kNN top-1 (k = 20, 200) of `backbone`'s frozen fp32 features on `split` (eval_split);
+    train.eval_common.raw_pixels() as the backbone gives the raw-pixel baseline."""
     from zoo.evaluation import extract_features, knn_classify
+    net = copy.deepcopy(backbone).float().to(memory_format=torch.contiguous_format).eval()
+    (ftr, ytr), (fte, yte) = (extract_features(net, list(zip(x, y)), batch_size=256) for x, y in split)
+    return knn_classify(ftr, ytr, fte, yte, k=(20, 200), T=0.1, num_classes=num_classes)
+
+
+def _knn(backbone, knn_train: int, knn_test: int) -> dict:
+    from zoo.data import DATASETS
     stats = DATASETS["fashion_mnist"]
-    tf = eval_transform(32, stats["mean"], stats["std"])
-    net = copy.deepcopy(backbone).float().to(memory_format=torch.contiguous_format)
-    tr = build_dataset("fashion_mnist", "train", image_size=32, transform=tf)
-    te = build_dataset("fashion_mnist", "test", image_size=32, transform=tf)
-    ftr, ytr = extract_features(net, Subset(tr, range(min(knn_train, len(tr)))))
-    fte, yte = extract_features(net, Subset(te, range(min(knn_test, len(te)))))
-    return knn_classify(ftr, ytr, fte, yte, k=(20, 200), T=0.1, num_classes=10)
+    return knn(backbone, eval_split("fashion_mnist", 32, stats["mean"], stats["std"], knn_train, knn_test))
 
 
 def _train(side: str, model, method: str, precision: str, seconds: float, batch: int, seed: int) -> dict:

@@ -150,26 +150,31 @@ def quality_table(d: dict) -> str:
 def to_pixels_table(d: dict) -> str:
     if "skipped" in d:
         return f"Skipped: {d['skipped']}"
-    sides = {k: d[k] for k in ("ours", "lightly") if isinstance(d.get(k), dict) and "checks" in d[k]}
+    sides = {k: d[k] for k in ("ours", "lightly") if isinstance(d.get(k), dict)}
     rows = []
     for side, r in sides.items():
+        if "error" in r:
+            rows.append([side, "-", "-", "-", f"ERROR {r['error'][:200]}", r.get("machine", "-").split(";")[0]])
+            continue
         hit, raw = r["beaten_at"], r["raw_pixels"]["knn_top1_k20"]
         when = (f"{hit['step_minutes']:.1f} / {hit['wall_minutes']:.1f} min, epoch {hit['epochs']:g}, "
                 f"kNN {hit['knn_top1_k20']:.2f}" if hit else
                 f"not within {r['settings']['epochs']} epochs (best {r['best']['knn_top1_k20']:.2f} at epoch "
                 f"{r['best']['epochs']:g}, {r['best']['step_minutes']:.1f} step-min)")
-        rows.append([side, r["precision"], _f(r["images_per_s"], "{:.1f}"), _f(raw), when])
+        rows.append([side, r["precision"], _f(r["images_per_s"], "{:.1f}"), _f(raw), when,
+                     r["machine"].split(";")[0]])
     out = _table(["side", "precision", "images/s (training steps)", "raw pixels kNN k=20",
-                  "first above raw pixels: step / wall minutes, epoch, kNN k=20"], rows)
-    if len(sides) == 2:
-        o, t = sides["ours"], sides["lightly"]
-        if o["settings"] != t["settings"]:
-            out += "\n\nThe two sides ran with different settings: not compared."
+                  "first above raw pixels: step / wall minutes, epoch, kNN k=20", "host"], rows)
+    done = {k: r for k, r in sides.items() if "error" not in r}
+    if len(done) == 2:
+        o, t = done["ours"], done["lightly"]
+        if (o["settings"], o["machine"]) != (t["settings"], t["machine"]):
+            out += "\n\nThe two sides ran with different settings or on different hosts: not compared."
         elif o["beaten_at"] and t["beaten_at"]:
             out += (f"\n\nCPU-minutes to beat raw pixels, lightly / ours: "
                     f"{t['beaten_at']['step_minutes'] / o['beaten_at']['step_minutes']:.2f}x.")
-    if sides:
-        st = next(iter(sides.values()))["settings"]
+    if done:
+        st = next(iter(done.values()))["settings"]
         out += (f"\n\nRecipe `{st['recipe']}`{' with ' + ' '.join(st['overrides']) if st['overrides'] else ''} "
                 f"({st['image_size']} px, batch {st['batch']}, {st['epochs']} epochs), both sides from the same "
                 f"initial weights, images and views; kNN every {st['check_every_epochs']:g} epoch on "

@@ -129,7 +129,8 @@ def main(argv=None) -> dict:
                     case["run"] = run_index
             old = (results.get(name) or {}).get("data")
             if a.merge and isinstance(old, dict) and "error" not in old:
-                data = {**old, **data}         # case-level merge: re-run some cases only
+                # case-level merge: re-run some cases only (a run without its data keeps what was there)
+                data = old if "skipped" in data and "skipped" not in old else {**old, **data}
         results[name] = dict(data=data, run=run_index, seconds=time.perf_counter() - t0,
                              load_before=load0, load_after=list(os.getloadavg()))
         _write(out_path, results)
@@ -165,7 +166,7 @@ def main(argv=None) -> dict:
     if "to_pixels" in sections:
         from benchmarks import to_pixels
         sides = tuple(a.to_pixels_sides.split(","))
-        kw = (dict(knn_train=200, knn_test=100, check_every=1.0,
+        kw = (dict(knn_train=200, knn_test=100, check_every=0.125,
                    overrides=("limit_train=512", "batch_size=32", "epochs=1", "max_steps=4")) if a.quick else {})
         section("to_pixels", lambda: to_pixels.run(sides, **kw))
     run_info["finished"] = datetime.datetime.now().isoformat(timespec="seconds")

@@ -196,16 +196,35 @@ def test_to_pixels_quick_run_records_both_sides(tmp_path):
     run.main(["--quick", "--only", "to_pixels", "--to-pixels-sides", "lightly", "--threads", "1", "--merge",
               "--out", str(out)])
     d = json.loads(out.read_text())["to_pixels"]["data"]
-    for side, precision in (("ours", "bf16"), ("lightly", "fp32")):
+    from benchmarks.to_pixels import RECIPE, side_precision
+    from train.recipe import Recipe
+    for side in ("ours", "lightly"):
         r = d[side]
-        assert r["precision"] == precision and r["steps"] == 4 and r["images"] == 4 * 32
-        assert [c["step"] for c in r["checks"]] == [4]                 # the last step is always checked
+        assert "error" not in r, r.get("error")
+        assert r["precision"] == side_precision(side, Recipe.load(RECIPE)) and r["steps"] <= 4
+        raw = r["raw_pixels"]["knn_top1_k20"]
+        # every 2 steps (1/8 of a 16-step epoch) until the first check above raw pixels, or to the end
+        above = [c["knn_top1_k20"] > raw for c in r["checks"]]
+        assert [c["step"] for c in r["checks"]] == [2, 4][:len(r["checks"])] and r["steps"] == r["checks"][-1]["step"]
+        assert r["beaten_at"] == (r["checks"][above.index(True)] if any(above) else None)
+        assert any(above) or r["steps"] == 4                             # stopped early only when beaten
         assert r["best"] == max(r["checks"], key=lambda c: c["knn_top1_k20"])
-        beaten = r["checks"][0]["knn_top1_k20"] > r["raw_pixels"]["knn_top1_k20"]
-        assert (r["beaten_at"] is not None) == beaten
         assert 0 < r["checks"][0]["step_minutes"] <= r["checks"][0]["wall_minutes"]
     assert d["ours"]["settings"] == d["lightly"]["settings"]
     assert d["ours"]["raw_pixels"] == d["lightly"]["raw_pixels"]      # one split for both calls
+    # the same initial weights and views: the first losses agree up to ours' bf16 rounding
+    assert d["ours"]["first_loss"] == pytest.approx(d["lightly"]["first_loss"], rel=2e-2)
+
+
+def test_to_pixels_refuses_a_recipe_it_does_not_reproduce():
+    from benchmarks.to_pixels import check_recipe
+    from train.recipe import Recipe
+    from benchmarks.to_pixels import RECIPE
+    check_recipe(Recipe.load(RECIPE))
+    with pytest.raises(ValueError, match=r"grad_accum.: 2"):
+        check_recipe(Recipe.load(RECIPE, ["grad_accum=2"]))
+    with pytest.raises(ValueError, match="model.: .byol_resnet18"):
+        check_recipe(Recipe.load(RECIPE, ["model=byol_resnet18"]))
 
 
 def test_to_pixels_report_compares_only_equal_settings():
@@ -214,17 +233,22 @@ def test_to_pixels_report_compares_only_equal_settings():
     def side(precision, hit_min, best=86.0):
         hit = dict(step_minutes=hit_min, wall_minutes=hit_min + 5, epochs=6, knn_top1_k20=best) if hit_min else None
         return dict(precision=precision, images_per_s=180.0, checks=[{}], beaten_at=hit,
-                    best=dict(knn_top1_k20=best, epochs=8, step_minutes=40.0),
+                    best=dict(knn_top1_k20=best, epochs=8, step_minutes=40.0), machine="Intel Xeon, 2 cores; x",
                     raw_pixels={"knn_top1_k20": 85.0}, settings=settings)
 
     settings = dict(recipe="recipes/simclr_resnet18.fmnist.yaml", overrides=[], image_size=48, batch=256,
                     epochs=8, check_every_epochs=0.5, knn_train=10000, knn_test=2000)
     text = to_pixels_table({"ours": side("bf16", 30.0), "lightly": side("fp32", 75.0)})
-    assert "| ours | bf16 | 180.0 | 85.00 | 30.0 / 35.0 min, epoch 6, kNN 86.00 |" in text
+    assert "| ours | bf16 | 180.0 | 85.00 | 30.0 / 35.0 min, epoch 6, kNN 86.00 | Intel Xeon, 2 cores |" in text
     assert "lightly / ours: 2.50x" in text
     text = to_pixels_table({"ours": side("bf16", 30.0), "lightly": side("fp32", None, best=84.0)})
     assert "not within 8 epochs (best 84.00 at epoch 8, 40.0 step-min)" in text and "lightly / ours" not in text
     other = side("fp32", 75.0)
     other["settings"] = {**settings, "overrides": ["epochs=4"]}
     text = to_pixels_table({"ours": side("bf16", 30.0), "lightly": other})
-    assert "different settings: not compared" in text and "lightly / ours" not in text
+    assert "not compared" in text and "lightly / ours" not in text
+    elsewhere = {**side("fp32", 75.0), "machine": "AMD EPYC, 2 cores; x"}              # another host
+    text = to_pixels_table({"ours": side("bf16", 30.0), "lightly": elsewhere})
+    assert "on different hosts: not compared" in text and "lightly / ours" not in text
+    text = to_pixels_table({"ours": side("bf16", 30.0), "lightly": {"error": "MemoryError: x", "machine": "m"}})
+    assert "| lightly | - | - | - | ERROR MemoryError: x | m |" in text

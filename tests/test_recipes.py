@@ -210,6 +210,7 @@ def test_released_recipes_cover_both_formats():
     """Both loaders stay exercised by real released files (not only by fixtures)."""
     assert OLD_FORMAT and NEW_FORMAT
     assert not set(OLD_FORMAT) & set(NEW_FORMAT)
+    assert set(OLD_FORMAT) | set(NEW_FORMAT) == set(RELEASED)  # no released recipe left untested
 
 
 @pytest.mark.parametrize("path", OLD_FORMAT, ids=lambda p: p.parent.name)

@@ -398,5 +398,7 @@ def test_pairs_table_divides_wall_clocks_only_from_one_host_and_precision():
     assert time_ratio(card(7895.2, intel, "bf16"), card(6389.5, intel, "no")) == \
         "not comparable: Intel Xeon bf16 / Intel Xeon fp32"
     assert time_ratio(card(7920.0, intel, "bf16"), card(2640.0, intel, "bf16")) == "3.00x"
+    assert time_ratio(card(120.0, intel, "bf16"), card(60.0, intel.replace("2 cores", "8 cores"), "bf16")) == \
+        f"not comparable: {intel} bf16 / {intel.replace('2 cores', '8 cores')} bf16"
     assert time_ratio(card(120.0), card(60.0)) == "2.00x"          # older cards: no record, as before
     assert time_ratio(card(120.0), card(None)) == "-"

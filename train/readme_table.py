@@ -75,14 +75,13 @@ def minutes(card: dict) -> float | None:
 
 
 def run_setting(card: dict) -> tuple[str, str] | None:
-    """(host, precision) a card's pretraining ran on, or None where the card predates the record:
-    wall-clocks from two settings do not divide into a cost ratio."""
+    """(machine, precision) a card's pretraining ran on, or None where the card predates the
+    record: wall-clocks from two settings do not divide into a cost ratio."""
     machine = (card.get("facts") or {}).get("machine")
     precision = (card["metrics"].get("pretrain") or {}).get("mixed_precision")
     if not machine or not precision:
         return None
-    return machine.split(",")[0].replace("(R)", "").replace(" Processor", ""), \
-        "fp32" if precision == "no" else precision
+    return machine, "fp32" if precision == "no" else precision
 
 
 def time_ratio(a: dict, b: dict) -> str:
@@ -90,7 +89,10 @@ def time_ratio(a: dict, b: dict) -> str:
         return "-"
     sa, sb = run_setting(a), run_setting(b)
     if sa and sb and sa != sb:
-        return f"not comparable: {' '.join(sa)} / {' '.join(sb)}"
+        short = [f"{m.split(',')[0].replace('(R)', '').replace(' Processor', '')} {p}" for m, p in (sa, sb)]
+        if short[0] == short[1]:             # same CPU model, other core count or GPU: say it all
+            short = [f"{m} {p}" for m, p in (sa, sb)]
+        return f"not comparable: {short[0]} / {short[1]}"
     return f"{minutes(a) / minutes(b):.2f}x"
 
 

@@ -221,7 +221,7 @@ def seed_pass(item: dict, dry: bool) -> None:
     first = RUNS / item["key"] / f"seed{item['seeds'][0]}"
     # the first seed's record: its run directory, or the released folder when that run is gone
     first_here = (first / "pretrainer.safetensors").exists()
-    card = None if dry else released(item)
+    card = released(item)                     # read only: a dry run says what a real one would keep
     entry = None if first_here else card
     # an extra seed's row in the card survives its run directory (trained in another session/machine)
     rows = ((card or {}).get("metrics") or {}).get("seeds") or {}
