@@ -243,7 +243,9 @@ def seed_pass(item: dict, dry: bool) -> None:
         table[str(seed)] = {k: m.get(f"{data}/{k}") for k in SEED_METRICS}
         table[str(seed)]["wall_clock_s"] = (m.get("pretrain") or {}).get("wall_clock_s")
         table[str(seed)]["mixed_precision"] = (m.get("pretrain") or {}).get("mixed_precision")
-        table[str(seed)]["machine"] = m.get("machine")
+        # a run directory from before the machine was recorded: the card's (its first seed's) host
+        table[str(seed)]["machine"] = m.get("machine") or (
+            ((card or {}).get("facts") or {}).get("machine") if seed == item["seeds"][0] else None)
     if dry:
         return
     if entry is not None:
