@@ -241,7 +241,7 @@ def test_release_whose_run_is_gone_is_kept_and_gains_its_seeds(lost_run):
     assert (r.folder / "model.safetensors").read_bytes() == before["model.safetensors"]
     assert (r.folder / "README.md").read_bytes() != before["README.md"]
     card = (r.folder / "README.md").read_text()
-    m = TABLE[r.key]["metrics"]
+    m = {k: v for k, v in TABLE[r.key]["metrics"].items() if k != "seeds"}
     assert f"| 0 | {m['fashion_mnist/knn_top1_k20']:.2f} |" in card
     assert "| 1 | 85.00 | 83.00 | 89.00 | 44.0 min, bf16, Intel host |" in card
     assert "106.5 min, fp32, AMD EPYC, 2 cores, no GPU |" in card          # seed 0's own run, from the card
@@ -269,6 +269,20 @@ def test_extra_seed_whose_run_is_gone_is_kept_from_the_card(lost_run):
     assert all("seed1" not in " ".join(c) for c in r.ran)
     seeds = json.loads(r.table.read_text())[r.key]["metrics"]["seeds"]
     assert seeds["1"] == row and set(seeds) == {"0", "1", "2"}
+
+
+def test_seed_resumed_from_a_checkpoint_without_a_clock_gives_no_time(lost_run):
+    """A seed whose run resumed from a checkpoint older than the wall-clock record knows only its
+    last part's time (metrics.json: wall_clock_from_step): its row gives no time rather than that."""
+    r = lost_run
+    path = r.release.RUNS / r.key / "seed1" / "metrics.json"
+    m = json.loads(path.read_text())
+    m["pretrain"]["wall_clock_from_step"] = 1600
+    path.write_text(json.dumps(m))
+    r.release.seed_pass(r.item, dry=False)
+    row = json.loads(r.table.read_text())[r.key]["metrics"]["seeds"]["1"]
+    assert row["wall_clock_s"] is None and row["knn_top1_k20"] == 85.0
+    assert "| 1 | 85.00 | 83.00 | 89.00 | -, bf16, Intel host |" in (r.folder / "README.md").read_text()
 
 
 def test_extra_seed_with_an_incomplete_row_is_trained_again(lost_run):

@@ -152,6 +152,45 @@ def check_kill_and_resume(tmp_path: Path, kill_step: int, kill_write: int) -> No
     assert (ref_state / "random_states_0.pkl").read_bytes() == (run_state / "random_states_0.pkl").read_bytes(), plan
     assert losses(ref_dir) == losses(run_dir), plan
     assert [r["step"] for r in losses(run_dir)] == list(range(1, STEPS + 1))
+    assert_clock_goes_on(run_dir, survivor, plan)
+
+
+def assert_clock_goes_on(run_dir: Path, resumed_at: int, what: str) -> None:
+    """The run's clock counts the kept steps of every part: log time_s never falls back at a resume,
+    and wall_clock_s is at least the resumed checkpoint's record plus the last part's steps."""
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    times = [r["time_s"] for r in rows]
+    assert times == sorted(times), f"{what}: time_s falls back across a resume: {times}"
+    pretrain = json.loads((run_dir / "metrics.json").read_text())["pretrain"]
+    assert "wall_clock_from_step" not in pretrain, what
+    assert pretrain["wall_clock_s"] >= times[-1] - 0.1, what
+    if resumed_at:
+        before = [r["time_s"] for r in rows if r["step"] <= resumed_at]
+        assert pretrain["wall_clock_s"] > before[-1], what
+
+
+def test_a_checkpoint_without_a_clock_record_says_its_run_time_is_partial(tmp_path):
+    """A checkpoint from before the wall-clock record (progress.json without wall_clock_s): the
+    resumed run counts its time from there and says so, and release.py's seed table gives no time."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY)
+    run_dir = tmp_path / "run"
+    code, log = finish(launch(recipe, run_dir, kill_at="update:5"))
+    assert code == -signal.SIGKILL, log
+    progress = run_dir / "state" / "step_00000004" / "progress.json"
+    saved = json.loads(progress.read_text())
+    assert saved["wall_clock_s"] > 0                        # what the new checkpoints record
+    progress.write_text(json.dumps({k: v for k, v in saved.items() if k != "wall_clock_s"}))
+    code, log = finish(launch(recipe, run_dir, "resume=true"))
+    assert code == 0, log
+    assert "predates its wall-clock record" in log
+    pretrain = json.loads((run_dir / "metrics.json").read_text())["pretrain"]
+    assert pretrain["wall_clock_from_step"] == 4
+    with_record = tmp_path / "run2"
+    code, log = finish(launch(recipe, with_record, kill_at="update:5"))
+    code, log = finish(launch(recipe, with_record, "resume=true"))
+    assert code == 0, log
+    assert_clock_goes_on(with_record, 4, "resumed once from step 4")
 
 
 def test_existing_checkpoints_need_resume_true(tmp_path):

@@ -106,8 +106,8 @@ def main(argv=None) -> torch.nn.Module:
     set_seed(recipe.seed, device_specific=True)   # masks / dropout differ across processes
     picture = mask_picture_batch(recipe, pretrainer, data, accelerator)
 
-    step = resume(recipe, accelerator, found, data.last_step)
-    log = TrainingLog(recipe, accelerator, pretrainer.phases, step, data)
+    step, elapsed_s = resume(recipe, accelerator, found, data.last_step)
+    log = TrainingLog(recipe, accelerator, pretrainer.phases, step, data, elapsed_s)
     try:                                          # the bar is closed before any stop message
         with fast_kernels(pretrainer):            # zoo/kernels.py, taken off again for the export
             step = train(recipe, accelerator, model, pretrainer, optimizers, schedules, data, picture, log, step)
@@ -245,21 +245,27 @@ def recipe_changes(saved: dict, recipe: Recipe) -> dict[str, tuple]:
     return {k: (v, now.get(k)) for k, v in then.items() if k not in BOOKKEEPING and now.get(k) != v}
 
 
-def resume(recipe: Recipe, accelerator: Accelerator, found: tuple[int, Path] | None, last_step: int) -> int:
-    """Restore model, optimizers and RNG from the newest checkpoint if resume=true; the step to go on from."""
+def resume(recipe: Recipe, accelerator: Accelerator, found: tuple[int, Path] | None,
+           last_step: int) -> tuple[int, float | None]:
+    """Restore model, optimizers and RNG from the newest checkpoint if resume=true: (the step to go
+    on from, the wall-clock seconds the run had spent to reach it; None where the checkpoint
+    predates that record)."""
     if not recipe.resume:
-        return 0
+        return 0, 0.0
     if not found:
         accelerator.print(f"resume=true but {Path(recipe.run_dir)} has no checkpoint yet: starting at step 0")
-        return 0
+        return 0, 0.0
     progress = load_checkpoint(accelerator, found[1])
-    step = progress["step"]
+    step, elapsed_s = progress["step"], progress.get("wall_clock_s")
     accelerator.print(f"resumed from {found[1]} at step {step}/{last_step}")
+    if elapsed_s is None:
+        accelerator.print("warning: the checkpoint predates its wall-clock record: the run's wall_clock_s "
+                          f"counts from this resume (metrics.json says so: wall_clock_from_step {step})")
     changed = recipe_changes(progress.get("recipe", {}), recipe)
     if changed:                                # allowed (e.g. a fixed data path), but not step-exact
         accelerator.print("warning: the recipe differs from the checkpoint's, the run is no longer "
                           "step-exact: " + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
-    return step
+    return step, elapsed_s
 
 
 # ---- the loop ----------------------------------------------------------------------------------
@@ -285,7 +291,8 @@ def train(recipe: Recipe, accelerator: Accelerator, model, pretrainer, optimizer
                                     or (recipe.mask_grid_every and step % recipe.mask_grid_every == 0)):
             draw_masks(pretrainer.masker, picture, Path(recipe.run_dir), step, data)
         if recipe.ckpt_every and (step % recipe.ckpt_every == 0 or step == data.last_step):
-            save_checkpoint(accelerator, recipe.run_dir, step, {"recipe": recipe.to_dict()})
+            save_checkpoint(accelerator, recipe.run_dir, step,
+                            {"recipe": recipe.to_dict(), "wall_clock_s": round(log.elapsed_s(), 1)})
     return step
 
 
@@ -334,10 +341,15 @@ def train_step(accelerator: Accelerator, model, optimizers: dict, schedules: dic
 
 class TrainingLog:
     """log.jsonl (main process), TensorBoard and the progress bar: each phase's loss averaged over
-    the steps since the last line, the phases' lr, images/s."""
+    the steps since the last line, the phases' lr, images/s. Its clock (`time_s`, the run's
+    wall_clock_s) goes on from the `elapsed_s` a resumed checkpoint had reached, so a run cut
+    into sessions reports the time of the steps it kept; the time between that checkpoint and a
+    kill is lost work, not counted. `elapsed_s=None`: unknown (an older checkpoint), counted from here."""
 
-    def __init__(self, recipe: Recipe, accelerator: Accelerator, phases, step: int, data: Data):
+    def __init__(self, recipe: Recipe, accelerator: Accelerator, phases, step: int, data: Data,
+                 elapsed_s: float | None = 0.0):
         self.recipe, self.accelerator, self.phases, self.data = recipe, accelerator, tuple(phases), data
+        self.from_step = None if elapsed_s is not None else step     # where an unknown-past clock starts
         self.path = Path(recipe.run_dir) / "log.jsonl"
         if accelerator.is_main_process:
             _truncate_log(self.path, step)
@@ -347,7 +359,11 @@ class TrainingLog:
         self.bar = tqdm(total=data.last_step, initial=step, unit="step", dynamic_ncols=True,
                         disable=not accelerator.is_local_main_process)
         self.sums = {ph: 0.0 for ph in self.phases}
-        self.seen, self.t_log, self.t_start = 0, time.perf_counter(), time.perf_counter()
+        self.seen, self.t_log = 0, time.perf_counter()
+        self.t_start = self.t_log - (elapsed_s or 0.0)
+
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.t_start
 
     def add(self, losses: dict[str, list[float]]) -> None:
         for ph, per_micro_batch in losses.items():
@@ -396,7 +412,8 @@ def finish(recipe: Recipe, accelerator: Accelerator, pretrainer, data: Data, log
         save_pretrainer(run_dir, pretrainer, recipe.to_dict())
         update_metrics(run_dir, {"pretrain": {
             "steps": step, "epochs": round(step / data.steps_per_epoch, 4), "images": step * recipe.batch_size,
-            "wall_clock_s": round(time.perf_counter() - log.t_start, 1), "processes": world,
+            "wall_clock_s": round(log.elapsed_s(), 1), "processes": world,
+            **({"wall_clock_from_step": log.from_step} if log.from_step is not None else {}),
             "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
             "unreadable_images": unreadable}})
         report = skipped.report() if skipped else "no unreadable images"

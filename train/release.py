@@ -241,8 +241,10 @@ def seed_pass(item: dict, dry: bool) -> None:
             evaluate(item, str(run_dir), run_dir, baselines=False, dry=dry)
             m = metrics_of(run_dir)
         table[str(seed)] = {k: m.get(f"{data}/{k}") for k in SEED_METRICS}
-        table[str(seed)]["wall_clock_s"] = (m.get("pretrain") or {}).get("wall_clock_s")
-        table[str(seed)]["mixed_precision"] = (m.get("pretrain") or {}).get("mixed_precision")
+        pre = m.get("pretrain") or {}
+        # a run resumed from a checkpoint older than its wall-clock record knows only part of its time
+        table[str(seed)]["wall_clock_s"] = None if "wall_clock_from_step" in pre else pre.get("wall_clock_s")
+        table[str(seed)]["mixed_precision"] = pre.get("mixed_precision")
         # a run directory from before the machine was recorded: the card's (its first seed's) host
         table[str(seed)]["machine"] = m.get("machine") or (
             ((card or {}).get("facts") or {}).get("machine") if seed == item["seeds"][0] else None)
