@@ -391,8 +391,8 @@ def test_cpu_recipe_loads_and_builds():
     r = Recipe.load(ROOT / "recipes" / "hpm_vit_tiny_patch4_32.fmnist.yaml")
     mae = Recipe.load(ROOT / "recipes" / "mae_vit_tiny_patch4_32.fmnist.yaml")
     for key in ("epochs", "batch_size", "lr", "lr_scaling", "betas", "weight_decay", "warmup_epochs",
-                "data", "image_size", "views", "limit_train", "seed"):
+                "data", "image_size", "views", "limit_train", "augment_on", "seed"):
         assert getattr(r, key) == getattr(mae, key), key          # paired with the MAE control
     p = zoo.create_pretrainer(r.model, **r.model_args)
     assert len(p.objective.losspred_blocks) == r.model_args["decoder_depth"] == 4
-    assert p.ema_decay_start == 0.5 and p.masker.num_hidden == 48
+    assert p.ema_decay_start == 0.93 and p.masker.num_hidden == 48

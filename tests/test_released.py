@@ -416,3 +416,8 @@ def test_pairs_table_divides_wall_clocks_only_from_one_host_and_precision():
         f"not comparable: {intel} bf16 / {intel.replace('2 cores', '8 cores')} bf16"
     assert time_ratio(card(120.0), card(60.0)) == "2.00x"          # older cards: no record, as before
     assert time_ratio(card(120.0), card(None)) == "-"
+    partial = card(7920.0, intel, "bf16")                  # resumed from a checkpoint without a clock
+    partial["metrics"]["pretrain"]["wall_clock_from_step"] = 1600
+    assert time_ratio(partial, card(2640.0, intel, "bf16")) == "-"
+    from train.readme_table import minutes
+    assert minutes(partial) is None and minutes(card(120.0)) == 2.0

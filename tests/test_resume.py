@@ -188,9 +188,31 @@ def test_a_checkpoint_without_a_clock_record_says_its_run_time_is_partial(tmp_pa
     assert pretrain["wall_clock_from_step"] == 4
     with_record = tmp_path / "run2"
     code, log = finish(launch(recipe, with_record, kill_at="update:5"))
+    assert code == -signal.SIGKILL, log
     code, log = finish(launch(recipe, with_record, "resume=true"))
     assert code == 0, log
     assert_clock_goes_on(with_record, 4, "resumed once from step 4")
+
+
+def test_a_partial_clock_stays_marked_through_later_resumes(tmp_path):
+    """Resumed from a checkpoint without the record, killed again and resumed from a newer one
+    (which has a clock, but a partial one): metrics.json still says where the clock starts."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY)
+    run_dir = tmp_path / "run"
+    code, log = finish(launch(recipe, run_dir, kill_at="update:3"))
+    assert code == -signal.SIGKILL, log
+    progress = run_dir / "state" / "step_00000002" / "progress.json"
+    saved = json.loads(progress.read_text())
+    progress.write_text(json.dumps({k: v for k, v in saved.items() if k != "wall_clock_s"}))
+    code, log = finish(launch(recipe, run_dir, "resume=true", kill_at="update:3"))   # in step 5
+    assert code == -signal.SIGKILL, log
+    newer = json.loads((run_dir / "state" / "step_00000004" / "progress.json").read_text())
+    assert newer["wall_clock_from_step"] == 2 and newer["wall_clock_s"] > 0
+    code, log = finish(launch(recipe, run_dir, "resume=true"))
+    assert code == 0, log
+    assert "predates its wall-clock record" not in log          # this checkpoint has a clock ...
+    assert json.loads((run_dir / "metrics.json").read_text())["pretrain"]["wall_clock_from_step"] == 2  # ... a partial one
 
 
 def test_existing_checkpoints_need_resume_true(tmp_path):

@@ -1,10 +1,10 @@
 """Resume checkpoints: `accelerator.save_state` written atomically, the last good one kept.
 
 Layout: `run_dir/state/step_00000120/` holds what `save_state` writes (model, one optimizer per
-phase, every process's RNG states) plus `progress.json` (the step, the recipe that made it). A
-checkpoint is written to `run_dir/state/.tmp_step_.../` and only renamed to its final name once
-complete: a process killed mid-write leaves a `.tmp_*` folder that is ignored and cleaned, never
-a torn checkpoint. Older checkpoints are deleted only after the new one is in place, so the last
+phase, every process's RNG states) plus `progress.json` (the step, the recipe that made it, the
+run's wall-clock so far). A checkpoint is written to `run_dir/state/.tmp_step_.../` and only
+renamed to its final name once complete: a process killed mid-write leaves a `.tmp_*` folder
+that is ignored and cleaned, never a torn checkpoint. Older checkpoints are deleted only after the new one is in place, so the last
 good one always exists. This protects against the training process dying at any point (SIGKILL,
 OOM, a NaN stop); it does not fsync, so a power cut before the OS has flushed the newest
 checkpoint can still damage it (on this shared machine an fsync of a tiny checkpoint took up to a

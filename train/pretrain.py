@@ -106,8 +106,8 @@ def main(argv=None) -> torch.nn.Module:
     set_seed(recipe.seed, device_specific=True)   # masks / dropout differ across processes
     picture = mask_picture_batch(recipe, pretrainer, data, accelerator)
 
-    step, elapsed_s = resume(recipe, accelerator, found, data.last_step)
-    log = TrainingLog(recipe, accelerator, pretrainer.phases, step, data, elapsed_s)
+    step, elapsed_s, clock_from_step = resume(recipe, accelerator, found, data.last_step)
+    log = TrainingLog(recipe, accelerator, pretrainer.phases, step, data, elapsed_s, clock_from_step)
     try:                                          # the bar is closed before any stop message
         with fast_kernels(pretrainer):            # zoo/kernels.py, taken off again for the export
             step = train(recipe, accelerator, model, pretrainer, optimizers, schedules, data, picture, log, step)
@@ -246,26 +246,28 @@ def recipe_changes(saved: dict, recipe: Recipe) -> dict[str, tuple]:
 
 
 def resume(recipe: Recipe, accelerator: Accelerator, found: tuple[int, Path] | None,
-           last_step: int) -> tuple[int, float | None]:
+           last_step: int) -> tuple[int, float, int | None]:
     """Restore model, optimizers and RNG from the newest checkpoint if resume=true: (the step to go
-    on from, the wall-clock seconds the run had spent to reach it; None where the checkpoint
-    predates that record)."""
+    on from, the wall-clock seconds the run had spent to reach it, and the step its clock counts
+    from where a checkpoint on the way predates that record, else None)."""
     if not recipe.resume:
-        return 0, 0.0
+        return 0, 0.0, None
     if not found:
         accelerator.print(f"resume=true but {Path(recipe.run_dir)} has no checkpoint yet: starting at step 0")
-        return 0, 0.0
+        return 0, 0.0, None
     progress = load_checkpoint(accelerator, found[1])
     step, elapsed_s = progress["step"], progress.get("wall_clock_s")
     accelerator.print(f"resumed from {found[1]} at step {step}/{last_step}")
+    from_step = progress.get("wall_clock_from_step")      # an earlier part already lacked the record
     if elapsed_s is None:
+        from_step = step
         accelerator.print("warning: the checkpoint predates its wall-clock record: the run's wall_clock_s "
                           f"counts from this resume (metrics.json says so: wall_clock_from_step {step})")
     changed = recipe_changes(progress.get("recipe", {}), recipe)
     if changed:                                # allowed (e.g. a fixed data path), but not step-exact
         accelerator.print("warning: the recipe differs from the checkpoint's, the run is no longer "
                           "step-exact: " + "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
-    return step, elapsed_s
+    return step, elapsed_s or 0.0, from_step
 
 
 # ---- the loop ----------------------------------------------------------------------------------
@@ -291,8 +293,7 @@ def train(recipe: Recipe, accelerator: Accelerator, model, pretrainer, optimizer
                                     or (recipe.mask_grid_every and step % recipe.mask_grid_every == 0)):
             draw_masks(pretrainer.masker, picture, Path(recipe.run_dir), step, data)
         if recipe.ckpt_every and (step % recipe.ckpt_every == 0 or step == data.last_step):
-            save_checkpoint(accelerator, recipe.run_dir, step,
-                            {"recipe": recipe.to_dict(), "wall_clock_s": round(log.elapsed_s(), 1)})
+            save_checkpoint(accelerator, recipe.run_dir, step, {"recipe": recipe.to_dict(), **log.clock()})
     return step
 
 
@@ -344,12 +345,13 @@ class TrainingLog:
     the steps since the last line, the phases' lr, images/s. Its clock (`time_s`, the run's
     wall_clock_s) goes on from the `elapsed_s` a resumed checkpoint had reached, so a run cut
     into sessions reports the time of the steps it kept; the time between that checkpoint and a
-    kill is lost work, not counted. `elapsed_s=None`: unknown (an older checkpoint), counted from here."""
+    kill is lost work, not counted. `from_step`: the step the clock counts from where a checkpoint
+    on the way predated the record (kept through later checkpoints), else None."""
 
     def __init__(self, recipe: Recipe, accelerator: Accelerator, phases, step: int, data: Data,
-                 elapsed_s: float | None = 0.0):
+                 elapsed_s: float = 0.0, from_step: int | None = None):
         self.recipe, self.accelerator, self.phases, self.data = recipe, accelerator, tuple(phases), data
-        self.from_step = None if elapsed_s is not None else step     # where an unknown-past clock starts
+        self.from_step = from_step
         self.path = Path(recipe.run_dir) / "log.jsonl"
         if accelerator.is_main_process:
             _truncate_log(self.path, step)
@@ -360,10 +362,15 @@ class TrainingLog:
                         disable=not accelerator.is_local_main_process)
         self.sums = {ph: 0.0 for ph in self.phases}
         self.seen, self.t_log = 0, time.perf_counter()
-        self.t_start = self.t_log - (elapsed_s or 0.0)
+        self.t_start = self.t_log - elapsed_s
 
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.t_start
+
+    def clock(self) -> dict:
+        """What a checkpoint keeps of the clock (at time_s's precision, so the log never falls back)."""
+        return {"wall_clock_s": round(self.elapsed_s(), 2),
+                **({"wall_clock_from_step": self.from_step} if self.from_step is not None else {})}
 
     def add(self, losses: dict[str, list[float]]) -> None:
         for ph, per_micro_batch in losses.items():
@@ -412,8 +419,7 @@ def finish(recipe: Recipe, accelerator: Accelerator, pretrainer, data: Data, log
         save_pretrainer(run_dir, pretrainer, recipe.to_dict())
         update_metrics(run_dir, {"pretrain": {
             "steps": step, "epochs": round(step / data.steps_per_epoch, 4), "images": step * recipe.batch_size,
-            "wall_clock_s": round(log.elapsed_s(), 1), "processes": world,
-            **({"wall_clock_from_step": log.from_step} if log.from_step is not None else {}),
+            **log.clock(), "processes": world,
             "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
             "unreadable_images": unreadable}})
         report = skipped.report() if skipped else "no unreadable images"

@@ -70,7 +70,10 @@ def with_sd(m, sd) -> str:
 
 
 def minutes(card: dict) -> float | None:
-    wall = (card["metrics"].get("pretrain") or {}).get("wall_clock_s")
+    """The pretraining wall-clock; None where it is unknown or only partly known (a run resumed
+    from a checkpoint older than the wall-clock record: `wall_clock_from_step`)."""
+    pre = card["metrics"].get("pretrain") or {}
+    wall = None if "wall_clock_from_step" in pre else pre.get("wall_clock_s")
     return wall / 60 if wall else None
 
 
