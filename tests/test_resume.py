@@ -169,18 +169,24 @@ def assert_clock_goes_on(run_dir: Path, resumed_at: int, what: str) -> None:
         assert pretrain["wall_clock_s"] > before[-1], what
 
 
-def test_a_checkpoint_without_a_clock_record_says_its_run_time_is_partial(tmp_path):
-    """A checkpoint from before the wall-clock record (progress.json without wall_clock_s): the
-    resumed run counts its time from there and says so, and release.py's seed table gives no time."""
-    recipe = tmp_path / "tiny.yaml"
+def killed_with_a_clockless_checkpoint(tmp_path: Path, kill_in_step: int) -> tuple[Path, Path]:
+    """(recipe, run_dir) of a tiny run killed in step `kill_in_step`, its last checkpoint's
+    progress.json stripped of the wall-clock record, as a checkpoint from before the record was."""
+    recipe, run_dir = tmp_path / "tiny.yaml", tmp_path / "run"
     recipe.write_text(TINY)
-    run_dir = tmp_path / "run"
-    code, log = finish(launch(recipe, run_dir, kill_at="update:5"))
+    code, log = finish(launch(recipe, run_dir, kill_at=f"update:{kill_in_step}"))
     assert code == -signal.SIGKILL, log
-    progress = run_dir / "state" / "step_00000004" / "progress.json"
+    progress = run_dir / "state" / f"step_{last_saved(kill_in_step):08d}" / "progress.json"
     saved = json.loads(progress.read_text())
     assert saved["wall_clock_s"] > 0                        # what the new checkpoints record
     progress.write_text(json.dumps({k: v for k, v in saved.items() if k != "wall_clock_s"}))
+    return recipe, run_dir
+
+
+def test_a_checkpoint_without_a_clock_record_says_its_run_time_is_partial(tmp_path):
+    """A checkpoint from before the wall-clock record (progress.json without wall_clock_s): the
+    resumed run counts its time from there and says so, and release.py's seed table gives no time."""
+    recipe, run_dir = killed_with_a_clockless_checkpoint(tmp_path, kill_in_step=5)
     code, log = finish(launch(recipe, run_dir, "resume=true"))
     assert code == 0, log
     assert "predates its wall-clock record" in log
@@ -197,14 +203,7 @@ def test_a_checkpoint_without_a_clock_record_says_its_run_time_is_partial(tmp_pa
 def test_a_partial_clock_stays_marked_through_later_resumes(tmp_path):
     """Resumed from a checkpoint without the record, killed again and resumed from a newer one
     (which has a clock, but a partial one): metrics.json still says where the clock starts."""
-    recipe = tmp_path / "tiny.yaml"
-    recipe.write_text(TINY)
-    run_dir = tmp_path / "run"
-    code, log = finish(launch(recipe, run_dir, kill_at="update:3"))
-    assert code == -signal.SIGKILL, log
-    progress = run_dir / "state" / "step_00000002" / "progress.json"
-    saved = json.loads(progress.read_text())
-    progress.write_text(json.dumps({k: v for k, v in saved.items() if k != "wall_clock_s"}))
+    recipe, run_dir = killed_with_a_clockless_checkpoint(tmp_path, kill_in_step=3)
     code, log = finish(launch(recipe, run_dir, "resume=true", kill_at="update:3"))   # in step 5
     assert code == -signal.SIGKILL, log
     newer = json.loads((run_dir / "state" / "step_00000004" / "progress.json").read_text())

@@ -69,11 +69,14 @@ def with_sd(m, sd) -> str:
     return fmt(m) if sd is None else f"{m:.1f} ± {sd:.1f}"
 
 
+def known_wall_clock_s(pretrain: dict) -> float | None:
+    """A run's pretraining wall-clock (metrics.json's `pretrain`); None where it is unknown or only
+    partly known (resumed from a checkpoint older than the wall-clock record: `wall_clock_from_step`)."""
+    return None if "wall_clock_from_step" in pretrain else pretrain.get("wall_clock_s")
+
+
 def minutes(card: dict) -> float | None:
-    """The pretraining wall-clock; None where it is unknown or only partly known (a run resumed
-    from a checkpoint older than the wall-clock record: `wall_clock_from_step`)."""
-    pre = card["metrics"].get("pretrain") or {}
-    wall = None if "wall_clock_from_step" in pre else pre.get("wall_clock_s")
+    wall = known_wall_clock_s(card["metrics"].get("pretrain") or {})
     return wall / 60 if wall else None
 
 

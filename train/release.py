@@ -215,6 +215,7 @@ def first_pass(item: dict, dry: bool) -> None:
 
 
 def seed_pass(item: dict, dry: bool) -> None:
+    from train.readme_table import known_wall_clock_s
     if len(item["seeds"]) < 2:
         return
     data = data_of(item)
@@ -242,8 +243,7 @@ def seed_pass(item: dict, dry: bool) -> None:
             m = metrics_of(run_dir)
         table[str(seed)] = {k: m.get(f"{data}/{k}") for k in SEED_METRICS}
         pre = m.get("pretrain") or {}
-        # a run resumed from a checkpoint older than its wall-clock record knows only part of its time
-        table[str(seed)]["wall_clock_s"] = None if "wall_clock_from_step" in pre else pre.get("wall_clock_s")
+        table[str(seed)]["wall_clock_s"] = known_wall_clock_s(pre)
         table[str(seed)]["mixed_precision"] = pre.get("mixed_precision")
         # a run directory from before the machine was recorded: the card's (its first seed's) host
         table[str(seed)]["machine"] = m.get("machine") or (
