@@ -22,6 +22,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))                     # run from a clone without installing
 from train.recipe import BOOKKEEPING, Recipe, translate_legacy_phase_keys  # noqa: E402
+from train.costs import clocks, cost, describe, known_wall_clock_s, setting, short  # noqa: E402
 from zoo.publish import below_baselines  # noqa: E402
 from zoo.registry import METHODS  # noqa: E402
 
@@ -69,37 +70,24 @@ def with_sd(m, sd) -> str:
     return fmt(m) if sd is None else f"{m:.1f} ± {sd:.1f}"
 
 
-def known_wall_clock_s(pretrain: dict) -> float | None:
-    """A run's pretraining wall-clock (metrics.json's `pretrain`); None where it is unknown or only
-    partly known (resumed from a checkpoint older than the wall-clock record: `wall_clock_from_step`)."""
-    return None if "wall_clock_from_step" in pretrain else pretrain.get("wall_clock_s")
-
-
 def minutes(card: dict) -> float | None:
     wall = known_wall_clock_s(card["metrics"].get("pretrain") or {})
     return wall / 60 if wall else None
 
 
-def run_setting(card: dict) -> tuple[str, str] | None:
-    """(machine, precision) a card's pretraining ran on, or None where the card predates the
-    record: wall-clocks from two settings do not divide into a cost ratio."""
-    machine = (card.get("facts") or {}).get("machine")
-    precision = (card["metrics"].get("pretrain") or {}).get("mixed_precision")
-    if not machine or not precision:
-        return None
-    return machine, "fp32" if precision == "no" else precision
-
-
 def time_ratio(a: dict, b: dict) -> str:
-    if not (minutes(a) and minutes(b)):
+    """Method / control pretraining cost: each side's fastest run on one host and precision
+    (train/costs.py); where the two share no setting, the cell names their released runs' settings."""
+    if not (clocks(a) and clocks(b)):
         return "-"
-    sa, sb = run_setting(a), run_setting(b)
-    if sa and sb and sa != sb:
-        short = [f"{m.split(',')[0].replace('(R)', '').replace(' Processor', '')} {p}" for m, p in (sa, sb)]
-        if short[0] == short[1]:             # same CPU model, other core count or GPU: say it all
-            short = [f"{m} {p}" for m, p in (sa, sb)]
-        return f"not comparable: {short[0]} / {short[1]}"
-    return f"{minutes(a) / minutes(b):.2f}x"
+    both = cost(a, b)
+    if both is None:
+        sa, sb = clocks(a)[0][0], clocks(b)[0][0]
+        names = [short(sa), short(sb)]
+        if names[0] == names[1]:             # same CPU model, other core count or GPU: say it all
+            names = [f"{m} {p}" for m, p in (sa, sb)]
+        return f"not comparable: {names[0]} / {names[1]}"
+    return f"{both[0] / both[1]:.2f}x"
 
 
 def weights_table(all_cards: dict, weights_dir: Path) -> list[str]:
@@ -172,7 +160,26 @@ def pairs_table(all_cards: dict, plan: list[dict]) -> list[str]:
                 else:
                     deltas.append(f"{ma - mb:+.1f}")
             lines.append(f"| `{key}` | `{control}` | {min(n)} | " + " | ".join(deltas) + f" | {time_ratio(a, b)} |")
+            run = (a["metrics"].get("equal_compute") or {}).get(control)
+            if run:
+                lines.append(equal_compute_row(key, control, a, run))
     return lines
+
+
+def equal_compute_row(key: str, control: str, method: dict, run: dict) -> str:
+    """The method (mean of its seeds) against its control trained for the method's wall-clock (one
+    run, train/release.py's `equal_compute`); the time cell divides the method's fastest run by that
+    run's clock where both ran in one setting."""
+    deltas, n = [], 1
+    for c in COLS:
+        m, _, n = mean_sd(method, c)
+        deltas.append("-" if m is None or run.get(c) is None else f"{m - run[c]:+.1f}")
+    ran = setting(run.get("machine"), run.get("mixed_precision"))
+    same = run.get("setting") is None or ran is None or describe(ran) == run["setting"]
+    ratio = ("-" if not run.get("wall_clock_s") else f"{run['method_wall_clock_s'] / run['wall_clock_s']:.2f}x"
+             if same else f"not comparable: {run['setting']} / {describe(ran)}")
+    return (f"| `{key}` | `{control}` for the method's wall-clock ({run['epochs']} epochs) | {n} / 1 | "
+            + " | ".join(deltas) + f" | {ratio} |")
 
 
 def block(table_path: Path, weights_dir: Path, plan_path: Path) -> str:
@@ -183,7 +190,9 @@ def block(table_path: Path, weights_dir: Path, plan_path: Path) -> str:
     return "\n".join([START, "", *weights_table(all_cards, weights_dir), "",
                       "Each method against its control (same recipe, data, epochs and seed; Δ = method − control, "
                       "percentage points; where both have several seeds: difference of the means, ± its standard error; "
-                      "else the released (first) seeds against each other):", "",
+                      "else the released (first) seeds against each other; time: each side's fastest run on one host "
+                      "and precision). A row \"for the method's wall-clock\" is the control trained that long "
+                      "(one run; the method: mean of its seeds):", "",
                       *pairs_table(all_cards, plan), "", END])
 
 

@@ -29,6 +29,11 @@ Extra seeds run right after their release's first seed (the plan lists the main 
 first): each is pretrained and evaluated from its run directory (fp32; no baselines, which do not
 depend on the trained weights), and the first seed's card gains a per-seed table. An extra seed
 whose run directory is gone keeps its card row when that row is whole (all its metrics).
+`equal_compute: [CONTROL]`: CONTROL's recipe is trained again for this method's measured
+pretraining wall-clock (its epochs scaled by the two cards' cost ratio, train/costs.py: each side's
+fastest run on one host and precision; the warmup scaled with them), in
+runs/release/CONTROL/equal_compute.METHOD, evaluated like CONTROL's extra seeds, and the method's
+card and README's pairs table gain the comparison at equal compute.
 A step whose output exists is skipped, so the batch is re-entrant.
 """
 from __future__ import annotations
@@ -61,7 +66,8 @@ def machine() -> str:
 def load_plan(path: Path = PLAN) -> list[dict]:
     plan = yaml.safe_load(path.read_text())["releases"]      # other top-level keys: YAML anchors
     for item in plan:
-        unknown = set(item) - {"recipe", "seeds", "eval", "mask_score", "default", "controls", "low_label"}
+        unknown = set(item) - {"recipe", "seeds", "eval", "mask_score", "default", "controls", "low_label",
+                               "equal_compute"}
         if unknown:
             raise SystemExit(f"{path}: unknown keys {sorted(unknown)} in {item}")
         item["key"] = Path(item["recipe"]).name.removesuffix(".yaml")
@@ -107,8 +113,8 @@ def released(item: dict) -> dict | None:
     return entry if set(changes) <= {"seed"} else None
 
 
-def pretrain(item: dict, seed: int, dry: bool) -> Path:
-    run_dir = RUNS / item["key"] / f"seed{seed}"
+def pretrain(item: dict, seed: int, dry: bool, run_dir: Path | None = None, overrides: tuple = ()) -> Path:
+    run_dir = run_dir or RUNS / item["key"] / f"seed{seed}"
     if (run_dir / "pretrainer.safetensors").exists():
         return run_dir
     if not dry:
@@ -117,7 +123,7 @@ def pretrain(item: dict, seed: int, dry: bool) -> Path:
         write_metrics(run_dir, {"commit": git_commit(REPO), "machine": machine()})
     resume = ["resume=true"] if (run_dir / "state").exists() else []
     run([sys.executable, "train/pretrain.py", "--recipe", item["recipe"], f"run_dir={run_dir}",
-         f"seed={seed}", *resume], dry)
+         f"seed={seed}", *overrides, *resume], dry)
     return run_dir
 
 
@@ -215,7 +221,7 @@ def first_pass(item: dict, dry: bool) -> None:
 
 
 def seed_pass(item: dict, dry: bool) -> None:
-    from train.readme_table import known_wall_clock_s
+    from train.costs import known_wall_clock_s
     if len(item["seeds"]) < 2:
         return
     data = data_of(item)
@@ -248,16 +254,79 @@ def seed_pass(item: dict, dry: bool) -> None:
         # a run directory from before the machine was recorded: the card's (its first seed's) host
         table[str(seed)]["machine"] = m.get("machine") or (
             ((card or {}).get("facts") or {}).get("machine") if seed == item["seeds"][0] else None)
+    add_to_card(item, {"seeds": table}, dry)
+
+
+def add_to_card(item: dict, new: dict, dry: bool) -> None:
+    """Merge `new` into the release's card: through its first seed's run directory when that is
+    here (metrics.json, then publish), else from its published folder (republish); nothing is
+    rewritten when the card already says it."""
     if dry:
         return
-    if entry is not None:
-        if entry["metrics"].get("seeds") != table:
-            republish(item, {"seeds": table}, dry)
+    first = RUNS / item["key"] / f"seed{item['seeds'][0]}"
+    if (first / "pretrainer.safetensors").exists():
+        if any(metrics_of(first).get(k) != v for k, v in new.items()):
+            write_metrics(first, new)
+            publish(item, first, dry)
         return
-    if metrics_of(first).get("seeds") == table:
-        return
-    write_metrics(first, {"seeds": table})
-    publish(item, first, dry)
+    entry = released(item)
+    if entry is None:
+        raise SystemExit(f"{item['key']}: neither its run directory ({first}) nor a released card to add "
+                         f"{sorted(new)} to")
+    if any(entry["metrics"].get(k) != v for k, v in new.items()):
+        republish(item, new, dry)
+
+
+def equal_compute_epochs(method: dict, control: dict, control_epochs: int) -> dict:
+    """How long the control trains to cost what the method cost: control_epochs x the cards' cost
+    ratio (train/costs.py), rounded to whole epochs, with the clocks it came from."""
+    from train.costs import clocks, cost, describe, short
+    both = cost(method, control)
+    if both is None:
+        raise SystemExit("no equal-compute budget: the method's and the control's runs share no host and "
+                         f"precision (method: {sorted({short(s) for s, _ in clocks(method)})}, control: "
+                         f"{sorted({short(s) for s, _ in clocks(control)})}); train one of them where the other ran")
+    method_s, control_s, where = both
+    return {"epochs": max(1, round(control_epochs * method_s / control_s)), "method_wall_clock_s": method_s,
+            "control_wall_clock_s": control_s, "control_epochs": control_epochs,
+            "setting": describe(where)}
+
+
+def equal_compute_pass(item: dict, plan: list[dict], dry: bool) -> None:
+    """Each `equal_compute` control trained for this method's wall-clock, evaluated like an extra
+    seed, and the result added to the method's card (its `equal_compute` block)."""
+    from train.costs import known_wall_clock_s
+    from train.recipe import Recipe
+    from zoo import weights
+    table, data = weights.load_table(), data_of(item)
+    done = dict(((table.get(item["key"]) or {}).get("metrics") or {}).get("equal_compute") or {})
+    for key in item.get("equal_compute") or []:
+        control = next((c for c in plan if c["key"] == key), None)
+        if control is None or key not in table or item["key"] not in table:
+            raise SystemExit(f"{item['key']}: equal_compute needs {key} in {PLAN.name} and both released first")
+        run_dir = RUNS / key / f"equal_compute.{item['key']}"
+        budget = metrics_of(run_dir).get("budget")    # fixed when the run started: a resume keeps it
+        if budget is None:
+            recipe = Recipe.load(REPO / control["recipe"])
+            budget = equal_compute_epochs(table[item["key"]], table[key], recipe.epochs)
+            budget["warmup_epochs"] = round(recipe.warmup_epochs * budget["epochs"] / recipe.epochs, 4)
+            print(f"{key} at the wall-clock of {item['key']}: {budget['epochs']} epochs "
+                  f"({budget['method_wall_clock_s'] / 60:.1f} min / {budget['control_wall_clock_s'] / 60:.1f} min "
+                  f"for {recipe.epochs}, {budget['setting']})", flush=True)
+            if not dry:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                write_metrics(run_dir, {"budget": budget})
+        pretrain(control, control["seeds"][0], dry, run_dir,
+                 (f"epochs={budget['epochs']}", f"warmup_epochs={budget['warmup_epochs']:g}"))
+        evaluate(control, str(run_dir), run_dir, baselines=False, dry=dry)
+        if dry:
+            continue
+        m = metrics_of(run_dir)
+        pre = m.get("pretrain") or {}
+        done[key] = {**{k: m.get(f"{data}/{k}") for k in SEED_METRICS}, **budget,
+                     "wall_clock_s": known_wall_clock_s(pre), "mixed_precision": pre.get("mixed_precision"),
+                     "machine": m.get("machine"), "command": f"python train/release.py {item['key']}"}
+    add_to_card(item, {"equal_compute": done}, dry)
 
 
 def main(argv=None) -> None:
@@ -268,7 +337,7 @@ def main(argv=None) -> None:
     ap.add_argument("--republish", action="store_true",
                     help="only publish again the finished releases (after a change of the card's layout)")
     args = ap.parse_args(argv)
-    plan = load_plan(args.plan)
+    plan = full = load_plan(args.plan)
     unknown = set(args.only) - {item["key"] for item in plan}
     if unknown:
         raise SystemExit(f"not in {args.plan}: {sorted(unknown)}; known: {[i['key'] for i in plan]}")
@@ -288,6 +357,9 @@ def main(argv=None) -> None:
         if len(item["seeds"]) > 1:
             print(f"\n=== {item['key']} seeds {item['seeds']} ===", flush=True)
             seed_pass(item, args.dry_run)
+        if item.get("equal_compute"):
+            print(f"\n=== {item['key']} at equal compute with {item['equal_compute']} ===", flush=True)
+            equal_compute_pass(item, full, args.dry_run)
     print(f"\nrelease batch done in {time.time() - t0:.0f} s")
     from train import readme_table
     readme_table.main([])

@@ -87,10 +87,12 @@ def split_metrics(metrics: dict) -> tuple[dict, dict, dict]:
     """(own results, baselines measured beside them, protocol notes) of a metrics.json.
 
     The `pretrain` block (steps, wall-clock) is a training fact, not a result; `commands` and
-    `seeds` (the same recipe's other seeds, a table of their own) are card data: all are left out.
+    `seeds` (the same recipe's other seeds) and `equal_compute` (the control trained for this
+    method's wall-clock) are card data, tables of their own: all are left out.
     """
     own, baselines, notes = {}, {}, {}
-    for k, v in _flat({k: v for k, v in metrics.items() if k not in ("pretrain", "commands", "seeds")}).items():
+    skip = ("pretrain", "commands", "seeds", "equal_compute")
+    for k, v in _flat({k: v for k, v in metrics.items() if k not in skip}).items():
         if isinstance(v, str):
             notes[k] = v
         elif any(w in k.lower() for w in _BASELINE_WORDS):
@@ -138,6 +140,19 @@ def headline(metrics: dict) -> dict[str, float]:
     return {_label(k): v for k, v in own.items() if _headline_leaf(k.rpartition("/")[2])}
 
 
+SEED_COLUMNS = ("knn_top1_k20", "knn_top1_k200", "linear_top1")
+
+
+def _how(row: dict) -> str:
+    """How a run's pretraining ran: "41.7 min, bf16, <host>" (a part it lacks is left out)."""
+    parts = [f"{row['wall_clock_s'] / 60:.1f} min" if row.get("wall_clock_s") else "-"]
+    if row.get("mixed_precision"):
+        parts.append("fp32" if row["mixed_precision"] == "no" else row["mixed_precision"])
+    if row.get("machine"):
+        parts.append(str(row["machine"]))
+    return ", ".join(parts)
+
+
 def seeds_summary(seeds: dict) -> dict:
     """The card's per-seed table: the same recipe trained with each seed, the same protocol.
 
@@ -148,23 +163,27 @@ def seeds_summary(seeds: dict) -> dict:
     Returns {"columns": labels, "rows": [(seed, values, how)], "stats": [(mean, sd)]}.
     """
     import statistics
-    cols = [c for c in ("knn_top1_k20", "knn_top1_k200", "linear_top1") if any(
-        r.get(c) is not None for r in seeds.values())]
-
-    def how(row: dict) -> str:
-        parts = [f"{row['wall_clock_s'] / 60:.1f} min" if row.get("wall_clock_s") else "-"]
-        if row.get("mixed_precision"):
-            parts.append("fp32" if row["mixed_precision"] == "no" else row["mixed_precision"])
-        if row.get("machine"):
-            parts.append(str(row["machine"]))
-        return ", ".join(parts)
-
-    rows = [(seed, [row.get(c) for c in cols], how(row)) for seed, row in seeds.items()]
+    cols = [c for c in SEED_COLUMNS if any(r.get(c) is not None for r in seeds.values())]
+    rows = [(seed, [row.get(c) for c in cols], _how(row)) for seed, row in seeds.items()]
     stats = []
     for c in cols:
         values = [r[c] for r in seeds.values() if r.get(c) is not None]
         stats.append((statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0))
     return {"columns": [_LABELS[c] for c in cols], "rows": rows, "stats": stats}
+
+
+def equal_compute_summary(block: dict) -> dict:
+    """The card's equal-compute table: each control trained for this method's wall-clock (train/
+    release.py's `equal_compute`), {control: {metrics of SEED_COLUMNS, "epochs", "control_epochs",
+    "method_wall_clock_s", "control_wall_clock_s", "setting", run facts as in a seed row, "command"}}.
+    Returns {"columns": labels, "rows": [(control, epochs, values, how)], "commands": [...]}."""
+    rows = []
+    for control, r in block.items():
+        budget = (f"{r['epochs']} ({r['control_epochs']} x {r['method_wall_clock_s'] / 60:.1f} / "
+                  f"{r['control_wall_clock_s'] / 60:.1f} min{', ' + r['setting'] if r.get('setting') else ''})")
+        rows.append((control, budget, [r.get(c) for c in SEED_COLUMNS], _how(r)))
+    return {"columns": [_LABELS[c] for c in SEED_COLUMNS], "rows": rows,
+            "commands": list(dict.fromkeys(r["command"] for r in block.values() if r.get("command")))}
 
 
 def _jsonable(obj):
@@ -254,6 +273,7 @@ def model_card(*, name: str, tag: str, entry, cfg: dict, num_features: int, hf_h
         std=tuple(cfg["std"]), has_masker=has_masker, hf_hub_id=hf_hub_id, protocol=PROTOCOL,
         results=results, extra_baselines=extra_baselines, commands=commands_used, notes=notes,
         seeds=seeds_summary(metrics["seeds"]) if metrics.get("seeds") else None, exported=exported,
+        equal_compute=equal_compute_summary(metrics["equal_compute"]) if metrics.get("equal_compute") else None,
         dtype=dtype, model=recipe.get("model", name), commit=commit, facts=facts,
         pretrain=_flat(metrics.get("pretrain") or {}),
         recipe_yaml=yaml.safe_dump(_jsonable(recipe), sort_keys=False).rstrip(), files=files,
