@@ -22,13 +22,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))                     # run from a clone without installing
 from train.recipe import BOOKKEEPING, Recipe, translate_legacy_phase_keys  # noqa: E402
-from train.costs import clocks, cost, describe, known_wall_clock_s, setting, short  # noqa: E402
-from zoo.publish import below_baselines  # noqa: E402
+from train.costs import clocks, cost, known_wall_clock_s, setting, short  # noqa: E402
+from zoo.publish import SEED_COLUMNS, below_baselines  # noqa: E402
 from zoo.registry import METHODS  # noqa: E402
 
 README = REPO / "README.md"
 START, END = "<!-- released:start (train/readme_table.py) -->", "<!-- released:end -->"
-COLS = ("knn_top1_k20", "knn_top1_k200", "linear_top1")
+COLS = SEED_COLUMNS
 METHOD_KEYS = ("model", "objective", "model_args", "phases")   # what a method and its control may differ in
 
 
@@ -77,7 +77,8 @@ def minutes(card: dict) -> float | None:
 
 def time_ratio(a: dict, b: dict) -> str:
     """Method / control pretraining cost: each side's fastest run on one host and precision
-    (train/costs.py); where the two share no setting, the cell names their released runs' settings."""
+    (train/costs.py); where the two share no setting, the cell names the setting of each side's
+    first run with a clock (its released run where that has one)."""
     if not (clocks(a) and clocks(b)):
         return "-"
     both = cost(a, b)
@@ -169,16 +170,16 @@ def pairs_table(all_cards: dict, plan: list[dict]) -> list[str]:
 def equal_compute_row(key: str, control: str, method: dict, run: dict) -> str:
     """The method (mean of its seeds) against its control trained for the method's wall-clock (one
     run, train/release.py's `equal_compute`); the time cell divides the method's fastest run by that
-    run's clock where both ran in one setting."""
+    run's clock where the run had the budget's setting."""
     deltas, n = [], 1
     for c in COLS:
         m, _, n = mean_sd(method, c)
         deltas.append("-" if m is None or run.get(c) is None else f"{m - run[c]:+.1f}")
-    ran = setting(run.get("machine"), run.get("mixed_precision"))
-    same = run.get("setting") is None or ran is None or describe(ran) == run["setting"]
-    ratio = ("-" if not run.get("wall_clock_s") else f"{run['method_wall_clock_s'] / run['wall_clock_s']:.2f}x"
-             if same else f"not comparable: {run['setting']} / {describe(ran)}")
-    return (f"| `{key}` | `{control}` for the method's wall-clock ({run['epochs']} epochs) | {n} / 1 | "
+    budget, ran = run["budget"], setting(run.get("machine"), run.get("mixed_precision"))
+    planned = tuple(budget["setting"]) if budget.get("setting") else None
+    ratio = ("-" if not run.get("wall_clock_s") else f"{budget['method_wall_clock_s'] / run['wall_clock_s']:.2f}x"
+             if ran == planned else f"not comparable: {short(planned)} / {short(ran)}")
+    return (f"| `{key}` | `{control}` for the method's wall-clock ({budget['epochs']} epochs) | {n} / 1 | "
             + " | ".join(deltas) + f" | {ratio} |")
 
 

@@ -53,14 +53,17 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 PLAN = REPO / "weights" / "releases.yaml"
 RUNS = REPO / "runs" / "release"
-SEED_METRICS = ("knn_top1_k20", "knn_top1_k200", "linear_top1")
 
 
 def machine() -> str:
+    """The host in a card's words: "<CPU model>, <n> cores, <GPU name or no GPU>" (runs of two hosts
+    do not divide into a cost ratio, train/costs.py)."""
+    import torch
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
         else platform.processor()
-    return f"{cpu}, {os.cpu_count()} cores, no GPU" if cpu else f"{os.cpu_count()} CPU cores"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}" if cpu else f"{os.cpu_count()} CPU cores, {gpu}"
 
 
 def load_plan(path: Path = PLAN) -> list[dict]:
@@ -76,6 +79,12 @@ def load_plan(path: Path = PLAN) -> list[dict]:
         item["low_label"] = [float(f) for f in item.get("low_label", [])]
         if not all(0 < f < 1 for f in item["low_label"]):
             raise SystemExit(f"{path}: low_label takes label fractions in (0, 1), got {item['low_label']}")
+    keys = [item["key"] for item in plan]
+    for n, item in enumerate(plan):      # a control trained at the method's wall-clock is released first
+        eq = item.setdefault("equal_compute", [])
+        if not isinstance(eq, list) or any(k not in (item.get("controls") or []) or k not in keys[:n] for k in eq):
+            raise SystemExit(f"{path}: {item['key']}: equal_compute takes a list of its `controls` that the plan "
+                             f"releases before it, got {eq!r}")
     return plan
 
 
@@ -221,7 +230,7 @@ def first_pass(item: dict, dry: bool) -> None:
 
 
 def seed_pass(item: dict, dry: bool) -> None:
-    from train.costs import known_wall_clock_s
+    from zoo.publish import SEED_COLUMNS
     if len(item["seeds"]) < 2:
         return
     data = data_of(item)
@@ -238,7 +247,7 @@ def seed_pass(item: dict, dry: bool) -> None:
             m = metrics_of(first) if first_here or entry is None else \
                 {**entry["metrics"], "machine": (entry.get("facts") or {}).get("machine")}
         elif not any((RUNS / item["key"] / f"seed{seed}" / f).exists() for f in ("pretrainer.safetensors", "state")) \
-                and all((rows.get(str(seed)) or {}).get(k) is not None for k in SEED_METRICS):
+                and all((rows.get(str(seed)) or {}).get(k) is not None for k in SEED_COLUMNS):
             print(f"{item['key']} seed {seed}: in the card's seed table, its run directory is not here: "
                   "kept, not retrained", flush=True)
             table[str(seed)] = rows[str(seed)]
@@ -247,14 +256,20 @@ def seed_pass(item: dict, dry: bool) -> None:
             run_dir = pretrain(item, seed, dry)
             evaluate(item, str(run_dir), run_dir, baselines=False, dry=dry)
             m = metrics_of(run_dir)
-        table[str(seed)] = {k: m.get(f"{data}/{k}") for k in SEED_METRICS}
-        pre = m.get("pretrain") or {}
-        table[str(seed)]["wall_clock_s"] = known_wall_clock_s(pre)
-        table[str(seed)]["mixed_precision"] = pre.get("mixed_precision")
+        table[str(seed)] = run_row(m, data)
         # a run directory from before the machine was recorded: the card's (its first seed's) host
         table[str(seed)]["machine"] = m.get("machine") or (
             ((card or {}).get("facts") or {}).get("machine") if seed == item["seeds"][0] else None)
     add_to_card(item, {"seeds": table}, dry)
+
+
+def run_row(m: dict, data: str) -> dict:
+    """A run's row in a card's table (metrics.json `m`): its results and how its pretraining ran."""
+    from train.costs import known_wall_clock_s
+    from zoo.publish import SEED_COLUMNS
+    pre = m.get("pretrain") or {}
+    return {**{k: m.get(f"{data}/{k}") for k in SEED_COLUMNS}, "wall_clock_s": known_wall_clock_s(pre),
+            "mixed_precision": pre.get("mixed_precision"), "machine": m.get("machine")}
 
 
 def add_to_card(item: dict, new: dict, dry: bool) -> None:
@@ -279,54 +294,78 @@ def add_to_card(item: dict, new: dict, dry: bool) -> None:
 
 def equal_compute_epochs(method: dict, control: dict, control_epochs: int) -> dict:
     """How long the control trains to cost what the method cost: control_epochs x the cards' cost
-    ratio (train/costs.py), rounded to whole epochs, with the clocks it came from."""
-    from train.costs import clocks, cost, describe, short
+    ratio (train/costs.py), rounded to whole epochs, with the clocks it came from; ValueError where
+    the two cards' runs share no host and precision."""
+    from train.costs import clocks, cost, short
     both = cost(method, control)
     if both is None:
-        raise SystemExit("no equal-compute budget: the method's and the control's runs share no host and "
-                         f"precision (method: {sorted({short(s) for s, _ in clocks(method)})}, control: "
-                         f"{sorted({short(s) for s, _ in clocks(control)})}); train one of them where the other ran")
+        raise ValueError(f"the method's and the control's runs share no host and precision (method: "
+                         f"{sorted({short(s) for s, _ in clocks(method)})}, control: "
+                         f"{sorted({short(s) for s, _ in clocks(control)})}); train one where the other ran")
     method_s, control_s, where = both
     return {"epochs": max(1, round(control_epochs * method_s / control_s)), "method_wall_clock_s": method_s,
             "control_wall_clock_s": control_s, "control_epochs": control_epochs,
-            "setting": describe(where)}
+            "setting": None if where is None else list(where)}
+
+
+def equal_compute_budget(item: dict, method: dict, control: dict, run_dir: Path, dry: bool) -> dict | None:
+    """The length of the control's run at the method's wall-clock: computed from the cards until the
+    run trains, then fixed (run_dir's metrics.json), so a resume keeps its schedule whatever later
+    seeds do to the cards; None (and why) where there is no budget to train to."""
+    from zoo.publish import setting_text
+    sha = method["files"]["model.safetensors"]      # which release of the method the budget is for
+    if (run_dir / "state").exists() or (run_dir / "pretrainer.safetensors").exists():
+        budget = metrics_of(run_dir).get("budget")
+        if budget is None or budget.get("method_sha256") != sha:
+            print(f"{run_dir}: trained for " + ("an unrecorded budget" if budget is None else
+                  "an earlier release of " + item["key"]) + "; delete it to train again for this one", flush=True)
+            return None
+        return budget
+    recipe = control["recipe"]
+    try:
+        budget = equal_compute_epochs(method, control, int(recipe["epochs"]))
+    except ValueError as e:
+        print(f"{item['key']}: no equal-compute run of {control['name']}.{control['tag']}: {e}", flush=True)
+        return None
+    budget["warmup_epochs"] = round(float(recipe["warmup_epochs"]) * budget["epochs"] / budget["control_epochs"], 4)
+    budget["method_sha256"] = sha
+    print(f"{control['name']}.{control['tag']} at the wall-clock of {item['key']}: {budget['epochs']} epochs "
+          f"({budget['control_epochs']} x {budget['method_wall_clock_s'] / 60:.1f} / "
+          f"{budget['control_wall_clock_s'] / 60:.1f} min, {setting_text(budget['setting'])})", flush=True)
+    if not dry:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_metrics(run_dir, {"budget": budget})
+    return budget
 
 
 def equal_compute_pass(item: dict, plan: list[dict], dry: bool) -> None:
-    """Each `equal_compute` control trained for this method's wall-clock, evaluated like an extra
-    seed, and the result added to the method's card (its `equal_compute` block)."""
-    from train.costs import known_wall_clock_s
-    from train.recipe import Recipe
-    from zoo import weights
-    table, data = weights.load_table(), data_of(item)
-    done = dict(((table.get(item["key"]) or {}).get("metrics") or {}).get("equal_compute") or {})
-    for key in item.get("equal_compute") or []:
-        control = next((c for c in plan if c["key"] == key), None)
-        if control is None or key not in table or item["key"] not in table:
-            raise SystemExit(f"{item['key']}: equal_compute needs {key} in {PLAN.name} and both released first")
-        run_dir = RUNS / key / f"equal_compute.{item['key']}"
-        budget = metrics_of(run_dir).get("budget")    # fixed when the run started: a resume keeps it
-        if budget is None:
-            recipe = Recipe.load(REPO / control["recipe"])
-            budget = equal_compute_epochs(table[item["key"]], table[key], recipe.epochs)
-            budget["warmup_epochs"] = round(recipe.warmup_epochs * budget["epochs"] / recipe.epochs, 4)
-            print(f"{key} at the wall-clock of {item['key']}: {budget['epochs']} epochs "
-                  f"({budget['method_wall_clock_s'] / 60:.1f} min / {budget['control_wall_clock_s'] / 60:.1f} min "
-                  f"for {recipe.epochs}, {budget['setting']})", flush=True)
-            if not dry:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                write_metrics(run_dir, {"budget": budget})
-        pretrain(control, control["seeds"][0], dry, run_dir,
-                 (f"epochs={budget['epochs']}", f"warmup_epochs={budget['warmup_epochs']:g}"))
-        evaluate(control, str(run_dir), run_dir, baselines=False, dry=dry)
-        if dry:
+    """Each `equal_compute` control trained for this method's wall-clock (one seed, its first),
+    evaluated like an extra seed, and the result added to the method's card (`equal_compute`).
+    Both must be released from the plan's recipes first: their cards hold the clocks."""
+    method, data = released(item), data_of(item)
+    done = {k: v for k, v in ((method or {}).get("metrics", {}).get("equal_compute") or {}).items()
+            if k in item["equal_compute"]}                  # a control no longer planned leaves the card
+    for key in item["equal_compute"]:
+        control_item = next(c for c in plan if c["key"] == key)        # load_plan checked it is there
+        control = released(control_item)
+        if method is None or control is None:
+            print(f"{item['key']}: the run of {key} at its wall-clock waits until both are released from "
+                  "the plan's recipes (their cards hold the clocks)", flush=True)
             continue
-        m = metrics_of(run_dir)
-        pre = m.get("pretrain") or {}
-        done[key] = {**{k: m.get(f"{data}/{k}") for k in SEED_METRICS}, **budget,
-                     "wall_clock_s": known_wall_clock_s(pre), "mixed_precision": pre.get("mixed_precision"),
-                     "machine": m.get("machine"), "command": f"python train/release.py {item['key']}"}
-    add_to_card(item, {"equal_compute": done}, dry)
+        run_dir = RUNS / key / f"equal_compute.{item['key']}"
+        budget = equal_compute_budget(item, method, control, run_dir, dry)
+        if budget is None:
+            continue
+        overrides = (f"epochs={budget['epochs']}", f"warmup_epochs={budget['warmup_epochs']}")
+        pretrain(control_item, control_item["seeds"][0], dry, run_dir, overrides)
+        evaluate(control_item, str(run_dir), run_dir, baselines=False, dry=dry)
+        if not dry and f"{data}/knn_top1_k20" in metrics_of(run_dir):      # trained and evaluated
+            done[key] = {**run_row(metrics_of(run_dir), data), "budget": budget, "commands": [
+                shlex.join(["python", "train/pretrain.py", "--recipe", control_item["recipe"], "run_dir=RUN",
+                            f"seed={control_item['seeds'][0]}", *overrides]),
+                shlex.join(["python", "train/evaluate.py", "RUN", *control_item["eval"]])]}
+    if method is not None and done != (method["metrics"].get("equal_compute") or {}):
+        add_to_card(item, {"equal_compute": done}, dry)
 
 
 def main(argv=None) -> None:
@@ -357,7 +396,7 @@ def main(argv=None) -> None:
         if len(item["seeds"]) > 1:
             print(f"\n=== {item['key']} seeds {item['seeds']} ===", flush=True)
             seed_pass(item, args.dry_run)
-        if item.get("equal_compute"):
+        if item["equal_compute"]:
             print(f"\n=== {item['key']} at equal compute with {item['equal_compute']} ===", flush=True)
             equal_compute_pass(item, full, args.dry_run)
     print(f"\nrelease batch done in {time.time() - t0:.0f} s")

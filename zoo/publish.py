@@ -140,14 +140,25 @@ def headline(metrics: dict) -> dict[str, float]:
     return {_label(k): v for k, v in own.items() if _headline_leaf(k.rpartition("/")[2])}
 
 
+# the results a card's seed table (and its equal-compute table, and README's pairs) compare
 SEED_COLUMNS = ("knn_top1_k20", "knn_top1_k200", "linear_top1")
+
+
+def precision_name(mixed_precision: str | None) -> str | None:
+    """Accelerate's mixed_precision as a card says it: "no" -> "fp32"."""
+    return "fp32" if mixed_precision == "no" else mixed_precision
+
+
+def setting_text(setting) -> str:
+    """A (machine, precision) setting in words: "bf16 on Intel(R) Xeon(R) Processor, 2 cores, no GPU"."""
+    return "unrecorded host and precision" if not setting else f"{setting[1]} on {setting[0]}"
 
 
 def _how(row: dict) -> str:
     """How a run's pretraining ran: "41.7 min, bf16, <host>" (a part it lacks is left out)."""
     parts = [f"{row['wall_clock_s'] / 60:.1f} min" if row.get("wall_clock_s") else "-"]
     if row.get("mixed_precision"):
-        parts.append("fp32" if row["mixed_precision"] == "no" else row["mixed_precision"])
+        parts.append(precision_name(row["mixed_precision"]))
     if row.get("machine"):
         parts.append(str(row["machine"]))
     return ", ".join(parts)
@@ -174,16 +185,19 @@ def seeds_summary(seeds: dict) -> dict:
 
 def equal_compute_summary(block: dict) -> dict:
     """The card's equal-compute table: each control trained for this method's wall-clock (train/
-    release.py's `equal_compute`), {control: {metrics of SEED_COLUMNS, "epochs", "control_epochs",
-    "method_wall_clock_s", "control_wall_clock_s", "setting", run facts as in a seed row, "command"}}.
+    release.py's `equal_compute`): {control: {SEED_COLUMNS' results, the run's wall_clock_s /
+    mixed_precision / machine, "budget": {"epochs", "control_epochs", "method_wall_clock_s",
+    "control_wall_clock_s", "setting": [machine, precision]}, "commands": [...]}}.
     Returns {"columns": labels, "rows": [(control, epochs, values, how)], "commands": [...]}."""
-    rows = []
+    rows, commands = [], []
     for control, r in block.items():
-        budget = (f"{r['epochs']} ({r['control_epochs']} x {r['method_wall_clock_s'] / 60:.1f} / "
-                  f"{r['control_wall_clock_s'] / 60:.1f} min{', ' + r['setting'] if r.get('setting') else ''})")
-        rows.append((control, budget, [r.get(c) for c in SEED_COLUMNS], _how(r)))
-    return {"columns": [_LABELS[c] for c in SEED_COLUMNS], "rows": rows,
-            "commands": list(dict.fromkeys(r["command"] for r in block.values() if r.get("command")))}
+        b = r["budget"]
+        exact = b["control_epochs"] * b["method_wall_clock_s"] / b["control_wall_clock_s"]
+        epochs = (f"{b['epochs']} ({b['control_epochs']} x {b['method_wall_clock_s'] / 60:.1f} / "
+                  f"{b['control_wall_clock_s'] / 60:.1f} min = {exact:.1f}; {setting_text(b.get('setting'))})")
+        rows.append((control, epochs, [r.get(c) for c in SEED_COLUMNS], _how(r)))
+        commands += r.get("commands") or []
+    return {"columns": [_LABELS[c] for c in SEED_COLUMNS], "rows": rows, "commands": list(dict.fromkeys(commands))}
 
 
 def _jsonable(obj):
