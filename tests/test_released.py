@@ -176,6 +176,8 @@ def test_release_runs_the_low_label_protocol_on_the_released_file(tmp_path, caps
     plan.write_text("releases:\n  - recipe: recipes/mae_vit_tiny_patch4_32.fmnist.yaml\n"
                     "    eval: [--bf16]\n    low_label: [0.01, 0.1]\n")
     monkeypatch.setattr(release, "RUNS", tmp_path / "runs")
+    monkeypatch.setenv(weights.TABLE_ENV, str(tmp_path / "released.json"))    # not released yet: trained,
+    monkeypatch.setenv(weights.WEIGHTS_ENV, str(tmp_path / "weights"))        # whatever the repository holds
     release.first_pass(release.load_plan(plan)[0], dry=True)
     printed = [line for line in capsys.readouterr().out.splitlines() if "finetune.py" in line]
     run = tmp_path / "runs" / "mae_vit_tiny_patch4_32.fmnist" / "seed0"
