@@ -102,13 +102,14 @@ def model_parts(batch: int, configs: dict) -> dict:
     return out
 
 
-def loop(batch: int, steps: int, augment_on: str, threads: int, overrides: tuple[str, ...] = ()) -> dict:
-    """train/pretrain.py on the recipe (+ overrides) for `steps` steps: median images/s of its log lines
+def loop(batch: int, steps: int, augment_on: str, threads: int, overrides: tuple[str, ...] = (),
+         recipe: str = RECIPE) -> dict:
+    """train/pretrain.py on `recipe` (+ overrides) for `steps` steps: median images/s of its log lines
     after the first, and the process's wall-clock."""
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "train/pretrain.py", "--recipe", RECIPE, f"max_steps={steps}",
+        subprocess.run([sys.executable, "train/pretrain.py", "--recipe", recipe, f"max_steps={steps}",
                         f"batch_size={batch}", "log_every=5", f"augment_on={augment_on}", "num_workers=1",
                         "ckpt_every=0", f"run_dir={tmp}/run", *overrides], cwd=ROOT, env=env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
