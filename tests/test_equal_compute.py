@@ -76,8 +76,9 @@ def test_unrecorded_settings_compare_only_with_each_other():
 
 @pytest.fixture
 def pair(tmp_path, monkeypatch):
-    """The main pair released (copies of both folders; the table's seed rows replaced by the ones
-    above), their run directories gone; every command recorded, none run."""
+    """The main pair released before its equal-compute run (copies of both folders; the table's seed
+    rows replaced by the ones above, no equal-compute result), their run directories gone; every
+    command recorded, none run."""
     import train.release as release
     wdir, table = tmp_path / "weights", tmp_path / "released.json"
     entries = {}
@@ -85,6 +86,7 @@ def pair(tmp_path, monkeypatch):
         shutil.copytree(REPO / "weights" / key, wdir / key)
         entries[key] = json.loads(json.dumps(TABLE[key]))
         entries[key]["metrics"]["seeds"] = seeds
+        entries[key]["metrics"].pop("equal_compute", None)
     table.write_text(json.dumps(entries))
     monkeypatch.setenv(weights.TABLE_ENV, str(table))
     monkeypatch.setenv(weights.WEIGHTS_ENV, str(wdir))
