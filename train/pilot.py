@@ -83,6 +83,11 @@ STUDIES = {
 }
 
 
+def data_flag(study: Study) -> str:
+    """The command-line flag that selects the study (none for the default, Fashion-MNIST)."""
+    return "" if study.data == "fashion_mnist" else f" --data {study.data}"
+
+
 def image_size(study: Study, config: str) -> int:
     return next(int(o.split("=")[1]) for o in study.configs[config][0] if o.startswith("image_size="))
 
@@ -162,7 +167,7 @@ def throughput(study: Study, steps: int = 30, rounds: int = 2, threads: int = 2)
         for config, (overrides, _) in study.configs.items():
             seen[config].append(loop(256, steps, "device", threads, tuple(overrides), recipe=study.recipe)["images_per_s"])
     return {"cpu": cpu_model(), "threads": threads, "steps": steps, "rounds": rounds,
-            "command": "python train/pilot.py --throughput" + ("" if study is STUDIES["fashion_mnist"] else f" --data {study.data}"),
+            "command": f"python train/pilot.py{data_flag(study)} --throughput",
             "images_per_s": {c: round(statistics.median(v), 1) for c, v in seen.items()}}
 
 
@@ -195,7 +200,7 @@ def report(study: Study, results: dict) -> None:
     base = results["baselines"]
     rows = sorted((r for r in results["runs"] if r["config"] in study.configs),
                   key=lambda r: (list(study.configs).index(r["config"]), r["epochs"]))
-    flag = "" if study is STUDIES["fashion_mnist"] else f" --data {study.data}"
+    flag = data_flag(study)
     evaluated = ("on frozen features of the whole train split, tested on the 10k test split" if not study.eval_length else
                  f"on frozen features of the first {study.eval_length['train']} train images, tested on the first "
                  f"{study.eval_length['test']} test images (the release protocol)")
