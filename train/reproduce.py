@@ -24,7 +24,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-COLS = ("knn_top1_k20", "knn_top1_k200", "linear_top1")
+sys.path.insert(0, str(REPO))
+from zoo.publish import SEED_COLUMNS  # noqa: E402  (the columns a card's per-seed table holds)
 
 
 def band(card_metrics: dict, data: str, leaf: str, tolerance: float) -> tuple[float, float, str]:
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
         subprocess.run(cmd, cwd=REPO, check=True)
     got = json.loads((run_dir / "metrics.json").read_text())
     ok = True
-    for leaf in COLS:
+    for leaf in SEED_COLUMNS:
         if f"{data}/{leaf}" not in card["metrics"]:
             continue
         low, high, how = band(card["metrics"], data, leaf, args.tolerance)
