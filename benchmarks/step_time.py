@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -103,19 +104,24 @@ def model_parts(batch: int, configs: dict) -> dict:
 
 
 def loop(batch: int, steps: int, augment_on: str, threads: int, overrides: tuple[str, ...] = (),
-         recipe: str = RECIPE) -> dict:
-    """train/pretrain.py on `recipe` (+ overrides) for `steps` steps: median images/s of its log lines
-    after the first, and the process's wall-clock."""
+         recipe: str = RECIPE, env: dict | None = None) -> dict:
+    """train/pretrain.py on `recipe` (+ overrides, + `env` variables) for `steps` steps: median
+    images/s of its log lines after the first, its last loss, the process's wall-clock and the CPU
+    seconds it spent in user and kernel (system) mode, its loader worker included."""
     with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), **(env or {}))
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "train/pretrain.py", "--recipe", recipe, f"max_steps={steps}",
                         f"batch_size={batch}", "log_every=5", f"augment_on={augment_on}", "num_workers=1",
                         "ckpt_every=0", f"run_dir={tmp}/run", *overrides], cwd=ROOT, env=env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         log = [json.loads(line) for line in Path(tmp, "run", "log.jsonl").read_text().splitlines()]
+        wall, cpu = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
         return {"images_per_s": statistics.median(r["images_per_s"] for r in log[1:]),
-                "process_wall_s": time.perf_counter() - t0}
+                "process_wall_s": wall, "user_s": cpu.ru_utime - cpu0.ru_utime,
+                "system_s": cpu.ru_stime - cpu0.ru_stime,
+                "last_loss": {k: v for k, v in log[-1].items() if k.startswith("loss/")}}
 
 
 def main(argv=None) -> dict:

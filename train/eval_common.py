@@ -23,6 +23,7 @@ import yaml  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import IterableDataset, Subset  # noqa: E402
 
+from train.allocator import keep_freed_memory  # noqa: E402
 from zoo.data import build_dataset, dataset_stats, eval_transform  # noqa: E402
 from zoo.evaluation import extract_features, load_backbone  # noqa: E402
 from zoo.runs import update_metrics  # noqa: E402
@@ -192,6 +193,7 @@ def run_script(doc: str, measure, *add_args, argv=None) -> dict:
     p.add_argument("--baselines", action="store_true",
                    help="also the untrained architecture and raw pixels, in the same run")
     args = p.parse_args(argv)
+    keep_freed_memory()                 # train/allocator.py
     t0 = time.time()
     metrics, train, test = with_baselines(args, measure)
     finish(args, metrics, train, test, t0)

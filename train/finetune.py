@@ -54,6 +54,7 @@ from timm.scheduler import CosineLRScheduler  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 
 from train import eval_common as ec  # noqa: E402
+from train.allocator import keep_freed_memory  # noqa: E402
 from zoo.data import collate_skip_bad, dataset_stats, finetune_transform  # noqa: E402
 from zoo.precision import accelerate_device_type, resolve as resolve_precision  # noqa: E402
 from zoo.runs import atomic_write  # noqa: E402
@@ -206,6 +207,7 @@ def main(argv=None) -> dict:
         p.error("--baselines-cache keeps the --baselines numbers: pass --baselines too")
     if args.baselines and args.labels is None:
         p.error("--baselines belongs to the low-label protocol: pass --labels 0.01 (or 0.1)")
+    keep_freed_memory()                 # train/allocator.py
     precision, why = resolve_precision("bf16" if args.bf16 else "fp32", accelerate_device_type(args.cpu))
     if why:
         print(f"warning: {why}", file=sys.stderr)

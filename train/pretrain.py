@@ -67,6 +67,7 @@ from zoo.data.batch_views import BatchViews, ViewParams, collate_draws
 from zoo.kernels import fast_kernels
 from zoo.precision import accelerate_device_type, resolve as resolve_precision
 from zoo.runs import atomic_write, save_pretrainer, update_metrics
+from train.allocator import keep_freed_memory
 from train.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
 from train.mask_grid import masker_picture, save_mask_grid
 from train.optim import build_optimizer, build_schedule, phase_named_parameters
@@ -90,6 +91,7 @@ def main(argv=None) -> torch.nn.Module:
     """Train as the recipe says; returns the trained pretrainer (unwrapped, on its device)."""
     args = parse_args(argv)
     recipe = Recipe.load(args.recipe, args.overrides)
+    keep_freed_memory()                           # train/allocator.py: 2.5x on BYOL-ViT's CPU step
     run_dir = Path(recipe.run_dir)
     found = checkpoint_to_resume(recipe, run_dir)
     accelerator = build_accelerator(recipe, run_dir)
