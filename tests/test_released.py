@@ -148,9 +148,26 @@ def test_reproduce_band_uses_the_seed_spread():
     card = {"seeds": {"0": {"knn_top1_k20": 80.0}, "1": {"knn_top1_k20": 81.0}, "2": {"knn_top1_k20": 82.0}},
             "fashion_mnist/knn_top1_k20": 80.0, "fashion_mnist/linear_top1": 70.0}
     low, high, _ = band(card, "fashion_mnist", "knn_top1_k20", 1.0)
-    assert (low, high) == pytest.approx((81.0 - 2.0, 81.0 + 2.0))          # mean ± 2 sd (sd = 1)
+    half = 4.303 * 1.0 * (4 / 3) ** 0.5                                     # t(0.975, 2) · sd · sqrt(1 + 1/3)
+    assert (low, high) == pytest.approx((81.0 - half, 81.0 + half), abs=1e-9)
     low, high, _ = band(card, "fashion_mnist", "linear_top1", 0.5)          # no seeds: the card's value
     assert (low, high) == (69.5, 70.5)
+
+
+def test_t_quantiles_against_the_t_distribution():
+    """train.reproduce.t975 against the Student t CDF, integrated here from its density: the
+    interval it gives holds 95 % of the mass, for the tabled and the expanded degrees of freedom."""
+    import math
+    from train.reproduce import t975
+
+    def cdf(t, df, steps=20000):                    # P(T <= t) = 1/2 + integral_0^t of the density
+        c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi)
+        h = t / steps                               # Simpson's rule on [0, t]
+        f = [c * (1 + (i * h) ** 2 / df) ** (-(df + 1) / 2) for i in range(steps + 1)]
+        return 0.5 + h / 3 * (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2]))
+
+    for df in (1, 2, 3, 5, 10, 11, 20, 60):
+        assert cdf(t975(df), df) == pytest.approx(0.975, abs=2e-4), df
 
 
 def test_release_plan_is_checked(tmp_path):

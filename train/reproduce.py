@@ -5,9 +5,16 @@
 
 Pretrains `weights/<name>.<tag>/recipe.yaml` into runs/reproduce/<name>.<tag>/seed<S> (resumable),
 evaluates it with the card's protocol (train/evaluate.py, without baselines) and compares kNN and
-linear top-1 with the card: with a per-seed table, the new run must land within the seeds' spread
-(mean ± max(2 sd, half the range), a 3-seed spread is a rough yardstick); without one, within
---tolerance points of the card's value. Exit status 1 when it does not.
+linear top-1 with the card: with a per-seed table, the new run must land in the 95 % prediction
+interval of one more run drawn like the card's seeds, mean ± t(0.975, n - 1) · sd · sqrt(1 + 1/n)
+(n seeds; for 3 seeds ± 4.97 sd); without one, within --tolerance points of the card's value.
+Exit status 1 when it does not.
+
+Why a prediction interval: the question is whether one new run is what another seed would give,
+and n = 3 seeds estimate the spread poorly. The rule used before (mean ± max(2 sd, half the range))
+rejects a run drawn exactly like the seeds about one time in four per metric at n = 3 (the
+new run's distance from the mean, in estimated sds, is t-distributed with 2 degrees of freedom,
+times sqrt(4/3)): with three metrics checked, a faithful reproduction failed up to half the time.
 
 Released recipe files are never rewritten, so older ones spell per-phase settings the old way
 (`masker_lr: 0.1`); `train.recipe.Recipe.load` reads them into the `phases` block (with a
@@ -28,13 +35,25 @@ sys.path.insert(0, str(REPO))
 from zoo.publish import SEED_COLUMNS  # noqa: E402  (the columns a card's per-seed table holds)
 
 
+# Student's t, two-sided 95 %: t(0.975, df) for df = 1..10 (standard tables); beyond, the
+# Cornish-Fisher expansion in 1/df, within 0.002 of the exact value from df = 10 on.
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def t975(df: int) -> float:
+    if df <= len(T975):
+        return T975[df - 1]
+    z = 1.959964
+    return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+
+
 def band(card_metrics: dict, data: str, leaf: str, tolerance: float) -> tuple[float, float, str]:
     """(low, high, how) of the values the card accepts for `leaf`."""
     seeds = [r[leaf] for r in (card_metrics.get("seeds") or {}).values() if r.get(leaf) is not None]
     if len(seeds) > 1:
-        mean, sd = statistics.mean(seeds), statistics.stdev(seeds)
-        half = max(2 * sd, (max(seeds) - min(seeds)) / 2)
-        return mean - half, mean + half, f"{len(seeds)} seeds, mean {mean:.2f} ± {half:.2f}"
+        n, mean, sd = len(seeds), statistics.mean(seeds), statistics.stdev(seeds)
+        half = t975(n - 1) * sd * (1 + 1 / n) ** 0.5
+        return mean - half, mean + half, f"{n} seeds, mean {mean:.2f}, 95 % prediction ± {half:.2f}"
     value = card_metrics[f"{data}/{leaf}"]
     return value - tolerance, value + tolerance, f"card {value:.2f} ± {tolerance}"
 
