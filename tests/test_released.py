@@ -440,3 +440,32 @@ def test_pairs_table_divides_wall_clocks_only_from_one_host_and_precision():
     assert time_ratio(partial, card(2640.0, intel, "bf16")) == "-"
     from train.readme_table import minutes
     assert minutes(partial) is None and minutes(card(120.0)) == 2.0
+
+
+def test_sigterm_to_the_release_batch_stops_its_step(tmp_path):
+    """`kill` of train/release.py stops the training it started (no orphan holding the cores)."""
+    import signal
+    import time
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    batch = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(REPO)!r}); "
+                              f"from train.release import run; run([sys.executable, '-c', {child!r}], False)"],
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.time() < deadline and batch.poll() is None, "the step never started"
+        time.sleep(0.1)
+    step_pid = int(pid_file.read_text())
+    batch.send_signal(signal.SIGTERM)
+    _, err = batch.communicate(timeout=30)
+    assert batch.returncode == 1 and "stopped by SIGTERM" in err and "resume" in err
+    with pytest.raises(ProcessLookupError):         # the step is gone too, not orphaned
+        for _ in range(50):
+            os.kill(step_pid, 0)
+            time.sleep(0.1)
+
+
+def test_a_failing_release_step_stops_the_batch():
+    from train.release import run
+    with pytest.raises(subprocess.CalledProcessError):
+        run([sys.executable, "-c", "raise SystemExit(3)"], False)

@@ -43,6 +43,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -89,9 +90,26 @@ def load_plan(path: Path = PLAN) -> list[dict]:
 
 
 def run(cmd: list[str], dry: bool) -> None:
+    """Run one step. A SIGTERM to this batch goes on to the step's process, so that `kill` of the
+    batch stops the training it started too (it resumes from its last checkpoint on a rerun)."""
     print("$ " + shlex.join(cmd), flush=True)
-    if not dry:
-        subprocess.run(cmd, cwd=REPO, check=True)
+    if dry:
+        return
+    child = subprocess.Popen(cmd, cwd=REPO)
+    stopped = []
+    def forward(signum, frame):
+        stopped.append(signum)
+        child.send_signal(signum)
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        code = child.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if stopped:
+        raise SystemExit(f"release batch stopped by SIGTERM during: {shlex.join(cmd)}\n"
+                         "run the same release command again to resume from the last checkpoint")
+    if code:
+        raise subprocess.CalledProcessError(code, cmd)
 
 
 def metrics_of(run_dir: Path) -> dict:
