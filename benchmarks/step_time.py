@@ -109,7 +109,7 @@ def loop(batch: int, steps: int, augment_on: str, threads: int, overrides: tuple
     images/s of its log lines after the first, its last loss, the process's wall-clock and the CPU
     seconds it spent in user and kernel (system) mode, its loader worker included."""
     with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), **(env or {}))
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), **(env or {})}
         cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "train/pretrain.py", "--recipe", recipe, f"max_steps={steps}",

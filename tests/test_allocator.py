@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -44,7 +45,7 @@ def run_steps(keep: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings (Linux only)")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc malloc settings")
 def test_kept_memory_cuts_page_faults_and_changes_no_number():
     defaults, kept = run_steps("0"), run_steps("1")
     assert defaults["applied"] is False and kept["applied"] is True

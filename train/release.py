@@ -91,23 +91,35 @@ def load_plan(path: Path = PLAN) -> list[dict]:
 
 def run(cmd: list[str], dry: bool) -> None:
     """Run one step. A SIGTERM to this batch goes on to the step's process, so that `kill` of the
-    batch stops the training it started too (it resumes from its last checkpoint on a rerun)."""
+    batch stops the training it started too (it resumes from its last checkpoint on a rerun); any
+    other way out of the wait (Ctrl-C, an error) stops the step as well."""
     print("$ " + shlex.join(cmd), flush=True)
     if dry:
         return
-    child = subprocess.Popen(cmd, cwd=REPO)
-    stopped = []
+    child, stopped = None, []
+
     def forward(signum, frame):
         stopped.append(signum)
-        child.send_signal(signum)
-    previous = signal.signal(signal.SIGTERM, forward)
+        if child is not None:
+            child.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)      # before the step starts: no orphan window
     try:
+        child = subprocess.Popen(cmd, cwd=REPO)
+        if stopped:
+            child.send_signal(signal.SIGTERM)
         code = child.wait()
+    except BaseException:
+        if child is not None and child.poll() is None:
+            child.kill()
+            child.wait()
+        raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
     if stopped:
-        raise SystemExit(f"release batch stopped by SIGTERM during: {shlex.join(cmd)}\n"
-                         "run the same release command again to resume from the last checkpoint")
+        print(f"release batch stopped by SIGTERM during: {shlex.join(cmd)}\n"
+              "run the same release command again to resume from the last checkpoint", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
     if code:
         raise subprocess.CalledProcessError(code, cmd)
 
