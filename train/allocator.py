@@ -14,8 +14,8 @@ changes).
 activations come from the heap, and stops trimming, so freed heap stays mapped for the next step;
 the heap top is grown in 256 MiB steps. The price is that the process keeps its peak memory
 until it exits, which a training or evaluation process does anyway. DataLoader workers started
-by fork (Linux's default before Python 3.14) inherit the settings; others run with glibc's. Elsewhere (macOS, musl, Windows) it does nothing and says so by returning
-False. `ZOO_KEEP_FREED_MEMORY=0` in the environment turns it off (the benchmark's "before").
+by fork (Linux's default before Python 3.14) inherit the settings; others run with glibc's.
+Elsewhere (macOS, musl, Windows) it does nothing and says so by returning False. `ZOO_KEEP_FREED_MEMORY=0` in the environment turns it off (the benchmark's "before").
 """
 from __future__ import annotations
 

@@ -17,8 +17,9 @@ new run's distance from the mean, in estimated sds, is t-distributed with 2 degr
 times sqrt(4/3)): with three metrics checked, a faithful reproduction failed about half the time.
 The new rule still rejects a faithful run about one time in seven over three metrics (1 - 0.95^3
 if they were independent; they are correlated, so less), and it assumes the new run is drawn
-independently of the card's seeds: rerunning a seed the card holds (seed 0, on another host or
-precision) is a stricter test than that, not a looser one.
+independently of the card's seeds: a rerun of a seed the card holds (seed 0, on another host or
+precision) starts from the same weights and should land closer than a new seed, so for it the band
+is generous.
 
 Released recipe files are never rewritten, so older ones spell per-phase settings the old way
 (`masker_lr: 0.1`); `train.recipe.Recipe.load` reads them into the `phases` block (with a
