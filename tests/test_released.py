@@ -479,3 +479,20 @@ def test_a_failing_release_step_stops_the_batch():
     from train.release import run
     with pytest.raises(subprocess.CalledProcessError):
         run([sys.executable, "-c", "raise SystemExit(3)"], False)
+
+
+def test_a_dry_run_of_the_batch_only_checks_the_readme(tmp_path, monkeypatch, capsys):
+    """`release.py --dry-run` prints its commands and compares README's table; it writes nothing."""
+    import train.readme_table as readme_table
+    import train.release as release
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("releases:\n  - recipe: recipes/simclr_resnet18.fmnist.yaml\n")
+    monkeypatch.setattr(release, "RUNS", tmp_path / "runs")
+    monkeypatch.setenv(weights.TABLE_ENV, str(tmp_path / "released.json"))
+    monkeypatch.setenv(weights.WEIGHTS_ENV, str(tmp_path / "weights"))
+    called = []
+    monkeypatch.setattr(readme_table, "main", lambda argv=None: called.append(argv) or 0)
+    release.main(["--dry-run", "--plan", str(plan)])
+    assert called == [["--check"]]
+    assert "train/pretrain.py" in capsys.readouterr().out
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "weights").exists()

@@ -213,7 +213,7 @@ def fill_block(readme: Path, start: str, end: str, block: str, check: bool, sour
         return 0
     from zoo.runs import atomic_write
     atomic_write(readme, new)
-    print(f"wrote the block of {readme} that {source} gives")
+    print(f"wrote the block of {readme} made from {source}")
     return 0
 
 

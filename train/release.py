@@ -431,7 +431,7 @@ def main(argv=None) -> None:
             equal_compute_pass(item, full, args.dry_run)
     print(f"\nrelease batch done in {time.time() - t0:.0f} s")
     from train import readme_table
-    readme_table.main([])
+    readme_table.main(["--check"] if args.dry_run else [])      # a dry run writes nothing
 
 
 if __name__ == "__main__":
