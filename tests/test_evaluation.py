@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from zoo.evaluation import (block_masks_like, extract_features, knn_classify, knn_predict,
-                            linear_probe, mask_ious, mask_score, random_masks_like, score_masker)
+                            linear_probe, mask_cover, mask_ious, mask_score, random_masks_like,
+                            score_masker)
 
 # ------------------------------------------------------------------------------------------- kNN
 
@@ -233,6 +234,27 @@ def test_score_masker_on_scenes():
             return m
     r = score_masker(Halves(), image_size=32, n=24, batch_size=10)
     assert r["mask_k"] == 2 and r["mask_area"] == pytest.approx(0.5) and r["mask_images"] == 24
-    for key in ("mask_score", "mask_score_random", "mask_score_block"):
+    for key in ("mask_score", "mask_score_random", "mask_score_block",
+                "mask_cover", "mask_cover_random", "mask_cover_block"):
         assert 0.0 < r[key] < 1.0
+    assert r["mask_cover"] >= 0.5            # two halves: one of them hides at least half of any scene
     assert score_masker(Halves(), n=24, batch_size=10) == r                  # seeded, repeatable
+
+
+def test_mask_cover_by_hand():
+    gt = torch.zeros(2, 4, 4, dtype=torch.bool)
+    gt[0, :2, :2] = True                          # object 0: 4 pixels, top left
+    gt[1, 3, :] = True                            # object 1: 4 pixels, bottom row; union 8
+    m = torch.zeros(1, 3, 4, 4)
+    m[0, 0, :2, :] = 1                            # hides object 0 whole: 4 / 8
+    m[0, 1, 2:, :3] = 1                           # hides 3 of object 1: 3 / 8
+    m[0, 2] = 0.4                                 # below the threshold: hides nothing
+    assert mask_cover(m, [gt]).tolist() == pytest.approx([4 / 8])
+    m[0, 1, 1:, :] = 1                            # rows 1-3: object 0's row 1 (2) + object 1 (4)
+    assert mask_cover(m, [gt]).tolist() == pytest.approx([6 / 8])
+    m[0, 2] = 1                                   # the whole image: every object hidden
+    assert mask_cover(m, [gt]).tolist() == pytest.approx([1.0])
+    none = torch.zeros(1, 4, 4, dtype=torch.bool)              # an image without objects: skipped
+    assert mask_cover(torch.cat([m, m]), [gt, none]).tolist() == pytest.approx([1.0])
+    with pytest.raises(ValueError, match="images"):
+        mask_cover(m, [gt, gt])

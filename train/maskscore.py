@@ -6,8 +6,10 @@ and area on the same images in the same run (zoo.evaluation.score_masker), writt
     python train/maskscore.py adios_resnet18.simclr_scenes --out runs/eval   # a released masker
 
 Score: for each ground-truth object (its visible pixels) the best IoU over the K masks binarised
-at 0.5, averaged over objects. Keys: "scenes/mask_score", "scenes/mask_score_random",
-"scenes/mask_score_block", plus the masks' K and mean area.
+at 0.5, averaged over objects. Cover: per scene, the share of its objects' pixels hidden by the
+slot that hides the most of them, averaged over scenes (1: a masked view shows no object). Keys:
+"scenes/mask_score", "scenes/mask_cover", each with "_random" and "_block" baselines, plus the
+masks' K and mean area.
 """
 from __future__ import annotations
 
@@ -55,9 +57,10 @@ def main(argv=None) -> dict:
                           mean=recipe["mean"] if own else None, std=recipe["std"] if own else None)
     metrics = {f"scenes/{k}": v for k, v in result.items()}
     metrics["scenes/mask_protocol"] = (f"best IoU per ground-truth object over K masks binarised at "
-                                       f"0.5, mean over objects; {args.n} held-out scenes at "
-                                       f"{image_size} px; baselines: same K and area per slot, seed "
-                                       f"{args.seed}")
+                                       f"0.5, mean over objects; cover: share of a scene's object "
+                                       f"pixels hidden by its most-covering slot, mean over scenes; "
+                                       f"{args.n} held-out scenes at {image_size} px; baselines: same "
+                                       f"K and area per slot, seed {args.seed}")
     for key, value in metrics.items():
         print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
     target = args.out or args.run_dir

@@ -30,6 +30,13 @@ grid, chosen at random: MAE-style random patches of the same area) and `block_ma
 image and slot, one rectangle of the same area, aspect ratio log-uniform in [0.3, 1/0.3],
 BEiT-style, random position). `score_masker` does all three on held-out scenes.
 
+Mask cover (`mask_cover`), the other side of the same masks: per image, the share of its objects'
+visible pixels (their union) that the one slot hiding the most of them hides, mean over images.
+1 means some masked view shows no object at all. On the scenes every object carries the label
+(`zoo.data.scenes`), so a cover near 1 says a view pulled toward the full image keeps no class
+evidence; the score alone does not say this (a slot can fit one object tightly, IoU 1, and still
+leave the others in view). `score_masker` reports it with the same two baselines.
+
 Example:
     >>> import torch
     >>> f = torch.eye(4); y = torch.tensor([0, 1, 2, 3])
@@ -275,6 +282,21 @@ def mask_score(masks: Tensor, gt_masks, threshold: float = 0.5) -> float:
     return float(ious.mean())
 
 
+def mask_cover(masks: Tensor, gt_masks, threshold: float = 0.5) -> Tensor:
+    """Per image, the share of its objects' visible pixels hidden by the slot that hides the most
+    of them: a 1-D tensor, one entry per image with a visible object (module docstring)."""
+    gts = _gt_list(gt_masks)
+    if len(gts) != masks.shape[0]:
+        raise ValueError(f"{masks.shape[0]} images of masks but {len(gts)} of ground truth.")
+    covers = []
+    for m, g in zip(binarise(masks, gts[0].shape[-2:], threshold), gts):
+        objects = g.any(0).flatten().float()                        # union of visible pixels (P,)
+        if objects.sum() == 0:
+            continue
+        covers.append((m.flatten(1).float() @ objects).max() / objects.sum())
+    return torch.stack(covers) if covers else torch.zeros(0)
+
+
 def random_masks_like(masks: Tensor, size: tuple[int, int], grid: int = 8, generator=None) -> Tensor:
     """Per image and slot: random cells of a grid x grid grid, as many as match the slot's area."""
     hard = binarise(masks, size)
@@ -311,11 +333,11 @@ def block_masks_like(masks: Tensor, size: tuple[int, int], generator=None) -> Te
 @torch.no_grad()
 def score_masker(masker: nn.Module, image_size: int = 32, n: int = 512, batch_size: int = 64,
                  mean=None, std=None, seed: int = 0, device=None, split: str = "test") -> dict:
-    """Mask score of a masker on n held-out scenes, with random and block baselines of the same
-    K and area on the same images (module docstring).
+    """Mask score and mask cover of a masker on n held-out scenes, with random and block baselines
+    of the same K and area on the same images (module docstring).
 
-    Returns {"mask_score", "mask_score_random", "mask_score_block", "mask_k", "mask_area",
-    "mask_images"}.
+    Returns {"mask_score", "mask_score_random", "mask_score_block", "mask_cover",
+    "mask_cover_random", "mask_cover_block", "mask_k", "mask_area", "mask_images"}.
 
     Example:
         >>> import torch
@@ -324,8 +346,8 @@ def score_masker(masker: nn.Module, image_size: int = 32, n: int = 512, batch_si
         ...         m = torch.zeros(x.shape[0], 2, *x.shape[-2:]); m[:, 0, :, : x.shape[-1] // 2] = 1
         ...         m[:, 1] = 1 - m[:, 0]; return m
         >>> r = score_masker(Halves(), n=8)
-        >>> sorted(r)
-        ['mask_area', 'mask_images', 'mask_k', 'mask_score', 'mask_score_block', 'mask_score_random']
+        >>> r["mask_k"], r["mask_area"]
+        (2, 0.5)
     """
     from zoo.data import DATASETS, SceneDataset, eval_transform
     stats = DATASETS["scenes"]
@@ -338,6 +360,7 @@ def score_masker(masker: nn.Module, image_size: int = 32, n: int = 512, batch_si
     was_training = masker.training
     masker.eval()
     ious = {"": [], "_random": [], "_block": []}
+    covers = {key: [] for key in ious}
     k, areas = None, []
     try:
         for start in range(0, n, batch_size):
@@ -348,11 +371,13 @@ def score_masker(masker: nn.Module, image_size: int = 32, n: int = 512, batch_si
             hard = binarise(masks, (image_size, image_size))
             k = hard.shape[1]
             areas.append(hard.flatten(2).float().mean(2).flatten())
-            ious[""].append(mask_ious(masks, gt))
-            ious["_random"].append(mask_ious(random_masks_like(masks, (image_size,) * 2, generator=gen), gt))
-            ious["_block"].append(mask_ious(block_masks_like(masks, (image_size,) * 2, generator=gen), gt))
+            for key, m in (("", masks), ("_random", random_masks_like(masks, (image_size,) * 2, generator=gen)),
+                           ("_block", block_masks_like(masks, (image_size,) * 2, generator=gen))):
+                ious[key].append(mask_ious(m, gt))
+                covers[key].append(mask_cover(m, gt))
     finally:
         masker.train(was_training)
     out = {f"mask_score{key}": float(torch.cat(v).mean()) for key, v in ious.items()}
+    out.update({f"mask_cover{key}": float(torch.cat(v).mean()) for key, v in covers.items()})
     out.update(mask_k=k, mask_area=float(torch.cat(areas).mean()), mask_images=n)
     return out
