@@ -26,9 +26,11 @@ def test_demo_runs_measures_publishes_and_loads_back(tmp_path, capsys):
         assert 0 <= r[f"scenes/released/{name}/knn_top1_k20"] <= 100
         assert 0 <= r[f"scenes/released/{name}/linear_top1"] <= 100
     assert max(summary["load_max_abs_diff"].values()) <= 1e-5
+    assert 0 <= r["scenes/mask_cover"] <= 1 and 0 <= r["scenes/mask_cover_random"] <= 1
     assert json.loads((out / "demo.json").read_text())["results"] == r
     printed = capsys.readouterr().out
-    assert "trained - untrained" in printed and "linear probe top-1" in printed and all(f"released {n}" in printed for n in releases)
+    assert "trained - untrained" in printed and "linear probe top-1" in printed and "mask cover" in printed
+    assert all(f"released {n}" in printed for n in releases)
 
 
 def test_demo_refuses_a_folder_it_did_not_make(tmp_path):

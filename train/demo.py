@@ -190,8 +190,10 @@ def main(argv=None) -> dict:
     # 3. mask score against random / block masks of the same K and area ---------------------------
     score = score_masker(pretrainer.masker, image_size=size, n=args.mask_images, seed=0)
     results.update({f"scenes/{k}": v for k, v in score.items()})
-    results["scenes/mask_protocol"] = (f"best IoU per ground-truth object over K masks binarised at 0.5, "
-                                       f"{args.mask_images} held-out scenes; baselines: same K and area")
+    results["scenes/mask_protocol"] = (f"best IoU per ground-truth object over K masks binarised at 0.5; "
+                                       f"cover: share of a scene's object pixels hidden by its "
+                                       f"most-covering slot; {args.mask_images} held-out scenes; "
+                                       f"baselines: same K and area")
 
     # 4. the mask pictures -----------------------------------------------------------------------
     stats = DATASETS["scenes"]
@@ -258,6 +260,8 @@ def main(argv=None) -> dict:
         ("mask score (IoU)", f"learned {r['scenes/mask_score']:.3f}   random {r['scenes/mask_score_random']:.3f}"
                              f"   block {r['scenes/mask_score_block']:.3f}   (K={r['scenes/mask_k']}, "
                              f"area {r['scenes/mask_area']:.2f})"),
+        ("mask cover", f"learned {r['scenes/mask_cover']:.3f}   random {r['scenes/mask_cover_random']:.3f}"
+                       f"   block {r['scenes/mask_cover_block']:.3f}   (share of a scene's objects hidden by one slot)"),
         ("mask pictures", f"{out / 'masks.png'} (learned), {out / 'masks_random.png'} (random)"),
         ("published", f"{folder} ({', '.join(entry['files'])})"),
         ("zoo.create_model", f"\"local-dir:{folder.name}\": max |diff| vs trained {loads['create_model']:.1e}"),
