@@ -47,7 +47,8 @@ from train.mask_grid import save_mask_grid  # noqa: E402
 from zoo import weights  # noqa: E402
 from zoo.data import DATASETS, DataMissingError, FashionMNIST, SceneDataset, eval_transform  # noqa: E402
 from zoo.publish import below_baselines  # noqa: E402
-from zoo.evaluation import extract_features, knn_classify, linear_probe, random_masks_like, score_masker  # noqa: E402
+from zoo.evaluation import (extract_features, knn_classify, linear_probe, mask_protocol,  # noqa: E402
+                            random_masks_like, score_masker)
 
 RECIPE = REPO / "recipes" / "demo.adios_resnet18.simclr_scenes.yaml"
 NAME, TAG = "adios_resnet18", "demo_scenes"
@@ -190,10 +191,7 @@ def main(argv=None) -> dict:
     # 3. mask score against random / block masks of the same K and area ---------------------------
     score = score_masker(pretrainer.masker, image_size=size, n=args.mask_images, seed=0)
     results.update({f"scenes/{k}": v for k, v in score.items()})
-    results["scenes/mask_protocol"] = (f"best IoU per ground-truth object over K masks binarised at 0.5; "
-                                       f"cover: share of a scene's object pixels hidden by its "
-                                       f"most-covering slot; {args.mask_images} held-out scenes; "
-                                       f"baselines: same K and area")
+    results["scenes/mask_protocol"] = mask_protocol(args.mask_images, size, seed=0)
 
     # 4. the mask pictures -----------------------------------------------------------------------
     stats = DATASETS["scenes"]

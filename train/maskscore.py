@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 
 import torch  # noqa: E402
 
-from zoo.evaluation import score_masker  # noqa: E402
+from zoo.evaluation import mask_protocol, score_masker  # noqa: E402
 from zoo.runs import load_pretrainer, update_metrics  # noqa: E402
 
 
@@ -56,11 +56,7 @@ def main(argv=None) -> dict:
                           batch_size=args.batch_size, seed=args.seed, device=device,
                           mean=recipe["mean"] if own else None, std=recipe["std"] if own else None)
     metrics = {f"scenes/{k}": v for k, v in result.items()}
-    metrics["scenes/mask_protocol"] = (f"best IoU per ground-truth object over K masks binarised at "
-                                       f"0.5, mean over objects; cover: share of a scene's object "
-                                       f"pixels hidden by its most-covering slot, mean over scenes; "
-                                       f"{args.n} held-out scenes at {image_size} px; baselines: same "
-                                       f"K and area per slot, seed {args.seed}")
+    metrics["scenes/mask_protocol"] = mask_protocol(args.n, image_size, args.seed)
     for key, value in metrics.items():
         print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
     target = args.out or args.run_dir

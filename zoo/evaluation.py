@@ -253,17 +253,22 @@ def _gt_list(gt_masks) -> list[Tensor]:
             for g in gt_masks]
 
 
+def _per_image(masks: Tensor, gt_masks, threshold: float):
+    """(binarised masks (K, H, W), ground truth (n, H, W)) per image, at the ground truth's size."""
+    gts = _gt_list(gt_masks)
+    if len(gts) != masks.shape[0]:
+        raise ValueError(f"{masks.shape[0]} images of masks but {len(gts)} of ground truth.")
+    return zip(binarise(masks, gts[0].shape[-2:], threshold), gts)
+
+
 def mask_ious(masks: Tensor, gt_masks, threshold: float = 0.5) -> Tensor:
     """Best IoU over the K masks of each ground-truth object: a 1-D tensor, one entry per object.
 
     masks (B, K, h, w); gt_masks: a list of B (n_i, H, W) boolean arrays (visible pixels of each
     object) or a (B, N, H, W) tensor; objects with no pixel (padding) are skipped.
     """
-    gts = _gt_list(gt_masks)
-    if len(gts) != masks.shape[0]:
-        raise ValueError(f"{masks.shape[0]} images of masks but {len(gts)} of ground truth.")
     ious = []
-    for m, g in zip(binarise(masks, gts[0].shape[-2:], threshold), gts):
+    for m, g in _per_image(masks, gt_masks, threshold):
         g = g[g.flatten(1).any(1)]
         if len(g) == 0:
             continue
@@ -285,11 +290,8 @@ def mask_score(masks: Tensor, gt_masks, threshold: float = 0.5) -> float:
 def mask_cover(masks: Tensor, gt_masks, threshold: float = 0.5) -> Tensor:
     """Per image, the share of its objects' visible pixels hidden by the slot that hides the most
     of them: a 1-D tensor, one entry per image with a visible object (module docstring)."""
-    gts = _gt_list(gt_masks)
-    if len(gts) != masks.shape[0]:
-        raise ValueError(f"{masks.shape[0]} images of masks but {len(gts)} of ground truth.")
     covers = []
-    for m, g in zip(binarise(masks, gts[0].shape[-2:], threshold), gts):
+    for m, g in _per_image(masks, gt_masks, threshold):
         objects = g.any(0).flatten().float()                        # union of visible pixels (P,)
         if objects.sum() == 0:
             continue
@@ -328,6 +330,14 @@ def block_masks_like(masks: Tensor, size: tuple[int, int], generator=None) -> Te
             left = int(float(u[b, k, 2]) * (W - w + 1))
             out[b, k, top:top + h, left:left + w] = True
     return out
+
+
+def mask_protocol(n: int, image_size: int, seed: int = 0) -> str:
+    """The protocol line that `score_masker`'s numbers are reported with."""
+    return (f"best IoU per ground-truth object over K masks binarised at 0.5, mean over objects; "
+            f"cover: share of a scene's object pixels hidden by its most-covering slot, mean over "
+            f"scenes; {n} held-out scenes at {image_size} px; baselines: same K and area per slot, "
+            f"seed {seed}")
 
 
 @torch.no_grad()
