@@ -14,7 +14,8 @@ loop only, so the trained pretrainer returned holds plain timm modules.
 
 What a run leaves in `run_dir` (zoo/runs.py): `recipe.yaml` (resolved), `log.jsonl`,
 `masks.png` (+ `masks/step_*.png`) for pretrainers with a masker, `state/step_*` resume
-checkpoints, and at the end `pretrainer.safetensors` and a `pretrain` block in `metrics.json`
+checkpoints, `snapshots/step_*.safetensors` (the fp16 exported backbone every `snapshot_every`
+steps and at the end, for train/curve.py), and at the end `pretrainer.safetensors` and a `pretrain` block in `metrics.json`
 (wall-clock, steps, images, unreadable-image count).
 
 Decisions, and why:
@@ -66,7 +67,7 @@ from zoo.data import build_dataset, collate_skip_bad, dataset_stats, eval_transf
 from zoo.data.batch_views import BatchViews, ViewParams, collate_draws
 from zoo.kernels import fast_kernels
 from zoo.precision import accelerate_device_type, resolve as resolve_precision
-from zoo.runs import atomic_write, save_pretrainer, update_metrics
+from zoo.runs import atomic_write, save_pretrainer, save_snapshot, snapshot_path, update_metrics
 from train.allocator import keep_freed_memory
 from train.checkpoint import last_checkpoint, load_checkpoint, save_checkpoint
 from train.mask_grid import masker_picture, save_mask_grid
@@ -109,6 +110,8 @@ def main(argv=None) -> torch.nn.Module:
     picture = mask_picture_batch(recipe, pretrainer, data, accelerator)
 
     step, elapsed_s, clock_from_step = resume(recipe, accelerator, found, data.last_step)
+    if recipe.snapshot_every and step and not snapshot_path(run_dir, step).exists():
+        snapshot(accelerator, pretrainer, recipe, step)   # a run that gained snapshot_every on resume: its curve from here
     log = TrainingLog(recipe, accelerator, pretrainer.phases, step, data, elapsed_s, clock_from_step)
     try:                                          # the bar is closed before any stop message
         with fast_kernels(pretrainer):            # zoo/kernels.py, taken off again for the export
@@ -294,6 +297,8 @@ def train(recipe: Recipe, accelerator: Accelerator, model, pretrainer, optimizer
         if picture is not None and (step == data.last_step
                                     or (recipe.mask_grid_every and step % recipe.mask_grid_every == 0)):
             draw_masks(pretrainer.masker, picture, Path(recipe.run_dir), step, data)
+        if recipe.snapshot_every and (step % recipe.snapshot_every == 0 or step == data.last_step):
+            snapshot(accelerator, pretrainer, recipe, step)
         if recipe.ckpt_every and (step % recipe.ckpt_every == 0 or step == data.last_step):
             save_checkpoint(accelerator, recipe.run_dir, step, {"recipe": recipe.to_dict(), **log.clock()})
     return step
@@ -400,6 +405,12 @@ class TrainingLog:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def snapshot(accelerator: Accelerator, pretrainer, recipe: Recipe, step: int) -> None:
+    """The exported backbone at `step`, fp16, for the training curve (train/curve.py)."""
+    if accelerator.is_main_process:
+        save_snapshot(recipe.run_dir, step, pretrainer.exported_backbone())
 
 
 def draw_masks(masker, picture: torch.Tensor, run_dir: Path, step: int, data: Data) -> None:

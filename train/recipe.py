@@ -60,7 +60,7 @@ PHASE_KEYS = ("optimizer", "lr", "weight_decay", "grad_clip")
 
 # Recipe fields that do not change what is computed (a resume may change them freely).
 BOOKKEEPING = ("resume", "max_steps", "run_dir", "num_workers", "log_every", "ckpt_every",
-               "mask_grid_every", "tensorboard", "strict_data", "data_root")
+               "mask_grid_every", "snapshot_every", "tensorboard", "strict_data", "data_root")
 
 
 class RecipeError(ValueError):
@@ -132,6 +132,7 @@ class Recipe:
     log_every: int = 10                  # steps between log.jsonl lines / progress-bar updates
     ckpt_every: int = 0                  # steps between resume checkpoints (0: none)
     mask_grid_every: int = 0             # steps between mask pictures (0: only at the end); masked pretrainers
+    snapshot_every: int = 0              # steps between fp16 backbone snapshots for train/curve.py (0: none)
     tensorboard: bool = False            # also log to TensorBoard (run_dir/tb)
     resume: bool = False                 # continue from run_dir/state (step-exact)
 
@@ -200,7 +201,7 @@ class Recipe:
         for key in ("epochs", "batch_size", "grad_accum", "image_size", "log_every"):
             if getattr(self, key) < 1:
                 raise RecipeError(f"{source}: {key} must be >= 1, got {getattr(self, key)}")
-        for key in ("max_steps", "limit_train", "num_workers", "ckpt_every", "mask_grid_every"):
+        for key in ("max_steps", "limit_train", "num_workers", "ckpt_every", "mask_grid_every", "snapshot_every"):
             if getattr(self, key) < 0:
                 raise RecipeError(f"{source}: {key} must be >= 0, got {getattr(self, key)}")
         if self.batch_size % self.grad_accum:

@@ -187,6 +187,18 @@ def evaluate(item: dict, source: str, run_dir: Path, baselines: bool, dry: bool)
         write_metrics(run_dir, {"commands": commands})
 
 
+def curve(item: dict, run_dir: Path, dry: bool) -> None:
+    """The training curve (train/curve.py: kNN of each backbone snapshot, with the release's kNN
+    flags) of a run that kept snapshots (its recipe's `snapshot_every`); it resumes where it stopped."""
+    from zoo.runs import snapshots
+    if not snapshots(run_dir) and not dry:
+        return
+    cmd = ["python", "train/curve.py", "RUN", *item["eval"]]
+    run([sys.executable, cmd[1], str(run_dir), *cmd[3:]], dry)
+    if not dry:
+        write_metrics(run_dir, {"commands": {**metrics_of(run_dir).get("commands", {}), "curve": shlex.join(cmd)}})
+
+
 def low_label_suffix(fraction: float) -> str:
     """train/finetune.py's metric-key suffix of a label fraction: 0.01 -> "_1pct"."""
     from train.finetune import percent
@@ -254,6 +266,7 @@ def first_pass(item: dict, dry: bool) -> None:
         return
     publish(item, run_dir, dry)                       # the released fp16 file, which is evaluated
     evaluate(item, item["key"], run_dir, baselines=True, dry=dry)
+    curve(item, run_dir, dry)
     publish(item, run_dir, dry)                       # now with its metrics: a stop in the (long)
     low_label(item, item["key"], run_dir, dry)        # fine-tunes leaves a whole card to commit
     publish(item, run_dir, dry)

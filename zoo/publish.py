@@ -67,7 +67,8 @@ def _dtype(dtype) -> torch.dtype | None:
     return names[dtype]
 
 
-def _cast(state: dict, dtype: torch.dtype | None) -> dict:
+def cast_state(state: dict, dtype: torch.dtype | None) -> dict:
+    """A state dict on the CPU with its floating tensors in `dtype` (None: as they are)."""
     return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu()
             for k, v in state.items()}
 
@@ -87,11 +88,12 @@ def split_metrics(metrics: dict) -> tuple[dict, dict, dict]:
     """(own results, baselines measured beside them, protocol notes) of a metrics.json.
 
     The `pretrain` block (steps, wall-clock) is a training fact, not a result; `commands` and
-    `seeds` (the same recipe's other seeds) and `equal_compute` (the control trained for this
-    method's wall-clock) are card data, tables of their own: all are left out.
+    `seeds` (the same recipe's other seeds), `equal_compute` (the control trained for this
+    method's wall-clock) and `curve` (train/curve.py) are card data, tables of their own: all are
+    left out.
     """
     own, baselines, notes = {}, {}, {}
-    skip = ("pretrain", "commands", "seeds", "equal_compute")
+    skip = ("pretrain", "commands", "seeds", "equal_compute", "curve")
     for k, v in _flat({k: v for k, v in metrics.items() if k not in skip}).items():
         if isinstance(v, str):
             notes[k] = v
@@ -200,6 +202,26 @@ def equal_compute_summary(block: dict) -> dict:
     return {"columns": [_LABELS[c] for c in SEED_COLUMNS], "rows": rows, "commands": list(dict.fromkeys(commands))}
 
 
+def curve_summary(metrics: dict, command: str | None = None) -> dict | None:
+    """The card's training-curve table (train/curve.py's `curve` block): kNN of the run's backbone
+    snapshots by step, with raw pixels and the untrained architecture beside it when the card's own
+    kNN was measured under the same protocol. {"rows": [(step, epoch, images, k20, k200)],
+    "protocol", "raw": (k20, k200) | None, "untrained": (..) | None, "command"}; None without a curve."""
+    curve = metrics.get("curve") or {}
+    if not curve.get("points"):
+        return None
+    data = curve["data"]
+    rows = [(r["step"], r.get("epoch"), r["images"], r["knn_top1_k20"], r["knn_top1_k200"])
+            for r in sorted(curve["points"].values(), key=lambda r: r["step"])]
+
+    def beside(group: str):
+        same = metrics.get(f"{data}/{group}/knn_protocol") == curve["protocol"]
+        values = [metrics.get(f"{data}/{group}/{leaf}") for leaf in ("knn_top1_k20", "knn_top1_k200")]
+        return tuple(values) if same and None not in values else None
+    return {"rows": rows, "protocol": curve["protocol"], "data": data,
+            "raw": beside("raw_pixels"), "untrained": beside("untrained"), "command": command}
+
+
 def _jsonable(obj):
     return json.loads(json.dumps(obj, default=lambda o: list(o) if isinstance(o, tuple) else str(o)))
 
@@ -288,7 +310,7 @@ def model_card(*, name: str, tag: str, entry, cfg: dict, num_features: int, hf_h
         results=results, extra_baselines=extra_baselines, commands=commands_used, notes=notes,
         seeds=seeds_summary(metrics["seeds"]) if metrics.get("seeds") else None, exported=exported,
         equal_compute=equal_compute_summary(metrics["equal_compute"]) if metrics.get("equal_compute") else None,
-        dtype=dtype, model=recipe.get("model", name), commit=commit, facts=facts,
+        curve=curve_summary(metrics, commands.get("curve")), dtype=dtype, model=recipe.get("model", name), commit=commit, facts=facts,
         pretrain=_flat(metrics.get("pretrain") or {}),
         recipe_yaml=yaml.safe_dump(_jsonable(recipe), sort_keys=False).rstrip(), files=files,
         paper_title=entry.paper_title, paper_id=entry.paper_id, license=license)
@@ -324,7 +346,7 @@ def publish(backbone: nn.Module, out_dir: str | os.PathLike, name: str, tag: str
     recipe = {k: v for k, v in recipe.items() if k not in ("run_dir", "resume")}
     commands = dict(commands or metrics.pop("commands", {}) or {})
     dtype = _dtype(dtype)
-    state = _cast(backbone.state_dict(), dtype)
+    state = cast_state(backbone.state_dict(), dtype)
     weights.check_state_shapes({k: tuple(v.shape) for k, v in state.items()},
                                weights.expected_shapes(entry.timm_arch, entry.model_args),
                                f"the exported backbone of {name}")
@@ -358,7 +380,7 @@ def publish(backbone: nn.Module, out_dir: str | os.PathLike, name: str, tag: str
     try:
         save_tensors(tmp / "model.safetensors", state, metadata={"format": "pt"})
         if masker is not None:
-            save_tensors(tmp / "masker.safetensors", _cast(masker.state_dict(), dtype), metadata={"format": "pt"})
+            save_tensors(tmp / "masker.safetensors", cast_state(masker.state_dict(), dtype), metadata={"format": "pt"})
         (tmp / "recipe.yaml").write_text(yaml.safe_dump(_jsonable(recipe), sort_keys=False))
         files = {f.name: weights.sha256_file(f) for f in sorted(tmp.iterdir())}
         dtype_name = str(dtype or next((v.dtype for v in state.values() if v.is_floating_point()),

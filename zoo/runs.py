@@ -6,6 +6,8 @@
       log.jsonl                 one JSON object per logged step
       metrics.json              evaluation results, merged by knn / linear / finetune / mask score
       state/                    accelerate resume state (trusted, local, never published)
+      snapshots/step_*.safetensors  the exported backbone every `snapshot_every` steps, fp16 like a
+                                release: what train/curve.py measures along the training
 
 Example:
     >>> from zoo.runs import load_pretrainer
@@ -18,6 +20,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
@@ -52,6 +55,31 @@ def save_pretrainer(run_dir: str | os.PathLike, pretrainer, recipe: dict) -> Non
     run_dir = Path(run_dir)
     atomic_write(run_dir / "recipe.yaml", yaml.safe_dump(recipe, sort_keys=False))
     save_tensors(run_dir / "pretrainer.safetensors", pretrainer.state_dict())
+
+
+SNAPSHOTS = "snapshots"
+
+
+def snapshot_path(run_dir: str | os.PathLike, step: int) -> Path:
+    return Path(run_dir) / SNAPSHOTS / f"step_{step:08d}.safetensors"
+
+
+def save_snapshot(run_dir: str | os.PathLike, step: int, backbone) -> Path:
+    """The exported backbone at `step`, cast to float16 as train/release.py publishes it (so the
+    last snapshot holds the released file's tensors)."""
+    from zoo.publish import cast_state
+    path = snapshot_path(run_dir, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_tensors(path, cast_state(backbone.state_dict(), torch.float16), {"step": str(step)})
+    return path
+
+
+def snapshots(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """(step, file) of a run's backbone snapshots, oldest first ([] when it kept none)."""
+    folder = Path(run_dir) / SNAPSHOTS
+    found = [(int(p.stem.removeprefix("step_")), p) for p in folder.glob("step_*.safetensors")] \
+        if folder.is_dir() else []
+    return sorted(found)
 
 
 def load_pretrainer(run_dir: str | os.PathLike):

@@ -1,0 +1,141 @@
+"""Training curves: backbone snapshots kept by train/pretrain.py (`snapshot_every`), measured by
+train/curve.py, shown in the model card.
+
+The snapshot runs are real `train/pretrain.py` processes of the tiny test method (as in
+tests/test_resume.py); the curve's numbers are checked against train/knn.py measuring the same
+weights through its own load path (a run directory's pretrainer.safetensors).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
+
+import zoo
+from zoo.runs import load_pretrainer, save_pretrainer, save_snapshot, snapshots, update_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from test_publish_hub import fake_card  # noqa: E402
+from test_resume import TINY, finish, launch  # noqa: E402
+from train import curve, knn  # noqa: E402
+
+
+def tiny_recipe(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY)                     # 6 steps, checkpoint every 2
+    return path
+
+
+def test_snapshots_every_n_steps_and_the_last_holds_the_final_backbone_in_fp16(tmp_path):
+    run = tmp_path / "run"
+    code, log = finish(launch(tiny_recipe(tmp_path), run, "snapshot_every=4"))
+    assert code == 0, log
+    assert [s for s, _ in snapshots(run)] == [4, 6]            # every 4 steps, and the last step
+    sys.path.insert(0, str(ROOT / "tests"))
+    import tiny_method  # noqa: F401  (registers tiny_test_resnet for load_pretrainer)
+    final = load_pretrainer(run)[0].exported_backbone().state_dict()
+    last = load_file(str(snapshots(run)[-1][1]))
+    assert last.keys() == final.keys()
+    for k, v in final.items():                   # what publish --dtype float16 would store
+        assert torch.equal(last[k], v.to(torch.float16) if v.is_floating_point() else v), k
+    first = load_file(str(snapshots(run)[0][1]))
+    assert any(not torch.equal(first[k], last[k]) for k in last if last[k].is_floating_point())
+
+
+def test_a_run_that_gains_snapshot_every_on_resume_snapshots_its_resume_step(tmp_path):
+    recipe, run = tiny_recipe(tmp_path), tmp_path / "run"
+    code, log = finish(launch(recipe, run, "max_steps=4"))          # stops at 4, checkpoint there
+    assert code == 0, log
+    assert snapshots(run) == []
+    code, log = finish(launch(recipe, run, "resume=true", "snapshot_every=5"))
+    assert code == 0, log
+    assert [s for s, _ in snapshots(run)] == [4, 5, 6]
+
+
+@pytest.fixture
+def run_with_snapshots(tmp_path):
+    """An untrained SimCLR ResNet-18 run on scenes with two snapshots: step 10 (other weights)
+    and step 20, the run's own backbone rounded to fp16, which pretrainer.safetensors holds too."""
+    run = tmp_path / "run"
+    torch.manual_seed(1)
+    early = zoo.create_pretrainer("simclr_resnet18")
+    torch.manual_seed(2)
+    pretrainer = zoo.create_pretrainer("simclr_resnet18")
+    with torch.no_grad():
+        for t in pretrainer.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(t.half().float())
+    save_pretrainer(run, pretrainer, {"model": "simclr_resnet18", "objective": None, "model_args": {},
+                                      "data": "scenes", "image_size": 32, "batch_size": 8})
+    (run / "log.jsonl").write_text(json.dumps({"step": 5, "epoch": 0.5}) + "\n")   # 10 steps an epoch
+    save_snapshot(run, 10, early.exported_backbone())
+    save_snapshot(run, 20, pretrainer.exported_backbone())
+    return run
+
+
+FLAGS = ["--limit-train", "120", "--limit-test", "40"]
+
+
+def test_curve_points_match_knn_of_the_same_weights(run_with_snapshots):
+    run = run_with_snapshots
+    c = curve.main([str(run), *FLAGS])
+    assert sorted(c["points"]) == ["10", "20"] and c["data"] == "scenes"
+    last, first = c["points"]["20"], c["points"]["10"]
+    assert (last["step"], last["epoch"], last["images"]) == (20, 2.0, 160)
+    measured = knn.main([str(run), *FLAGS])                       # pretrainer.safetensors: the same weights
+    assert last["knn_top1_k20"] == measured["scenes/knn_top1_k20"]
+    assert last["knn_top1_k200"] == measured["scenes/knn_top1_k200"]
+    assert c["protocol"] == measured["scenes/knn_protocol"]
+    assert first["knn_top1_k20"] != last["knn_top1_k20"] or first["knn_top1_k200"] != last["knn_top1_k200"]
+    assert json.loads((run / "metrics.json").read_text())["curve"] == c
+
+
+def test_curve_keeps_measured_points_and_refuses_another_protocol(run_with_snapshots, capsys):
+    run = run_with_snapshots
+    protocol = knn.main([str(run), *FLAGS])["scenes/knn_protocol"]
+    kept = {"step": 10, "images": 80, "knn_top1_k20": -1.0, "knn_top1_k200": -2.0}
+    update_metrics(run, {"curve": {"data": "scenes", "protocol": protocol, "points": {"10": kept}}})
+    c = curve.main([str(run), *FLAGS])
+    assert c["points"]["10"] == kept and "20" in c["points"]      # step 10 not measured again
+    assert "step 10:" not in capsys.readouterr().out
+    update_metrics(run, {"curve": {**c, "points": {"10": kept}}})
+    with pytest.raises(SystemExit, match="use the same flags"):
+        curve.main([str(run), "--limit-train", "100", "--limit-test", "40"])
+
+
+def test_curve_needs_snapshots(tmp_path):
+    save_pretrainer(tmp_path, zoo.create_pretrainer("simclr_resnet18"),
+                    {"model": "simclr_resnet18", "data": "scenes", "image_size": 32, "batch_size": 8})
+    with pytest.raises(SystemExit, match="no snapshots/ to measure: train with snapshot_every"):
+        curve.main([str(tmp_path)])
+    with pytest.raises(SystemExit, match="not a run directory"):
+        curve.main([str(tmp_path / "nothing")])
+
+
+def test_card_shows_the_curve_and_its_baselines_only_under_the_same_protocol():
+    curve_block = {"data": "d", "protocol": "weighted", "points": {
+        "20": {"step": 20, "epoch": 2.0, "images": 160, "knn_top1_k20": 80.0, "knn_top1_k200": 78.5},
+        "10": {"step": 10, "epoch": 1.0, "images": 80, "knn_top1_k20": 70.25, "knn_top1_k200": 66.0}}}
+    metrics = {"d/knn_top1_k20": 80.0, "d/raw_pixels/knn_top1_k20": 85.5, "d/raw_pixels/knn_top1_k200": 82.0,
+               "d/raw_pixels/knn_protocol": "weighted", "d/untrained/knn_top1_k20": 30.0,
+               "d/untrained/knn_top1_k200": 28.0, "d/untrained/knn_protocol": "other", "curve": curve_block}
+    card = ModelCard(fake_card(metrics=metrics, commands={"knn": "python train/knn.py RUN",
+                                                          "curve": "python train/curve.py RUN --bf16"}))
+    body = [line for line in card.text.splitlines() if line]
+    assert body[1].endswith("(a CPU-scale run; the Results below have every number, the training curve how far "
+                            "it got).")
+    rows = [line for line in body if line.startswith("| 10 |") or line.startswith("| 20 |")]
+    assert rows == ["| 10 | 1.0 | 80 | 70.25 | 66.00 |", "| 20 | 2.0 | 160 | 80.00 | 78.50 |"]   # by step
+    text = card.text
+    assert "weighted, on `d`; raw pixels 85.50 / 82.00 (k=20 / k=200, same protocol)" in text
+    assert "untrained" not in text.split("Training curve")[1].split("|")[0]    # another protocol: left out
+    assert "    python train/curve.py RUN --bf16" in text
+    assert "curve" not in json.dumps([r.metric_name for r in card.data.eval_results])
+    plain = fake_card(metrics={k: v for k, v in metrics.items() if k != "curve"})
+    assert "Training curve" not in plain and "how far it got" not in plain

@@ -1,0 +1,94 @@
+"""The training curve of a run: weighted kNN top-1 (train/knn.py's protocol) of every backbone
+snapshot the run kept, written to the `curve` block of its metrics.json and printed as a table.
+
+    python train/curve.py runs/adios_resnet18.byol_fmnist/seed0 --bf16
+    python train/curve.py RUN --bf16 --limit-train 10000     # the ViT releases' kNN protocol
+
+A run keeps snapshots when its recipe sets `snapshot_every` (train/pretrain.py): the exported
+backbone, fp16, every that many steps and at the last step. Each is loaded into the run's exported
+architecture and measured like a release; the last one holds the released file's tensors, so with
+the release's evaluation flags the last point repeats its card's kNN. It answers "how far did it
+get, and was it still climbing", which a weight below its baselines owes its card (issue 12).
+A run still training has a curve up to its newest snapshot; points already measured are kept, so
+a stopped curve goes on where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+
+from safetensors.torch import load_file  # noqa: E402
+
+from train import eval_common as ec  # noqa: E402
+from train.allocator import keep_freed_memory  # noqa: E402
+from train.knn import knn_args, knn_metrics  # noqa: E402
+from zoo.registry import create_pretrainer  # noqa: E402
+from zoo.runs import load_metrics, snapshots, update_metrics  # noqa: E402
+
+LEAVES = ("knn_top1_k20", "knn_top1_k200")
+
+
+def steps_per_epoch(run_dir: Path) -> int | None:
+    """From the run's log (its newest line: the most digits of `epoch`), None without one."""
+    log = run_dir / "log.jsonl"
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    last = max((r for r in lines if r.get("epoch")), key=lambda r: r["step"], default=None)
+    return round(last["step"] / last["epoch"]) if last else None
+
+
+def exported_architecture(recipe: dict):
+    """The run's exported backbone, freshly built (the snapshots' tensors go into it)."""
+    return create_pretrainer(recipe["model"], recipe.get("objective"),
+                             **(recipe.get("model_args") or {})).exported_backbone()
+
+
+def main(argv=None) -> dict:
+    p = ec.parser(__doc__.split("\n\n")[0])
+    knn_args(p)
+    args = p.parse_args(argv)
+    run_dir = Path(args.source)
+    recipe = ec.recipe_of(args.source)
+    if not recipe:
+        raise SystemExit(f"{run_dir}: not a run directory (no recipe.yaml)")
+    found = snapshots(run_dir)
+    if not found:
+        raise SystemExit(f"{run_dir}: no snapshots/ to measure: train with snapshot_every=N (steps) to keep them")
+    keep_freed_memory()
+    t0 = time.time()
+    data = ec.data_name(args)
+    args.image_size = args.image_size or recipe.get("image_size") or 32
+    args.weight_norm = None                       # the run's data statistics, as for a run in knn.py
+    train, test = ec.datasets(args, data, args.image_size)
+    backbone = exported_architecture(recipe)
+    per_epoch = steps_per_epoch(run_dir)
+    curve = load_metrics(run_dir).get("curve") or {}
+    points = dict(curve.get("points") or {})
+    for step, path in found:
+        if str(step) in points:
+            continue
+        backbone.load_state_dict(load_file(str(path)))
+        measured = knn_metrics(backbone, train, test, args, data)
+        protocol = measured.pop(f"{data}/knn_protocol")
+        if curve.get("protocol", protocol) != protocol:
+            raise SystemExit(f"{run_dir}: its curve was measured as '{curve['protocol']}', this run of "
+                             f"curve.py measures '{protocol}': use the same flags, or delete the curve block")
+        points[str(step)] = {"step": step, "images": step * recipe["batch_size"],
+                             **({"epoch": round(step / per_epoch, 2)} if per_epoch else {}),
+                             **{leaf: measured[f"{data}/{leaf}"] for leaf in LEAVES}}
+        curve = {"data": data, "protocol": protocol, "points": points}
+        update_metrics(run_dir, {"curve": curve})   # after each point: a stop keeps what was measured
+        print(f"step {step}: " + ", ".join(f"{leaf} {points[str(step)][leaf]:.2f}" for leaf in LEAVES), flush=True)
+    print(f"{data}, {curve.get('protocol')}")
+    print("step | epoch | " + " | ".join(LEAVES))
+    for row in sorted(points.values(), key=lambda r: r["step"]):
+        print(f"{row['step']} | {row.get('epoch', '-')} | " + " | ".join(f"{row[leaf]:.2f}" for leaf in LEAVES))
+    print(f"done in {time.time() - t0:.0f} s, curve in {run_dir / 'metrics.json'}")
+    return curve
+
+
+if __name__ == "__main__":
+    main()
