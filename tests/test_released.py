@@ -494,5 +494,7 @@ def test_a_dry_run_of_the_batch_only_checks_the_readme(tmp_path, monkeypatch, ca
     monkeypatch.setattr(readme_table, "main", lambda argv=None: called.append(argv) or 0)
     release.main(["--dry-run", "--plan", str(plan)])
     assert called == [["--check"]]
-    assert "train/pretrain.py" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "train/pretrain.py" in out and "train/curve.py RUN" not in out     # run directories, not RUN
+    assert f"train/curve.py {tmp_path / 'runs'}" in out                        # the curve after the evaluation
     assert not (tmp_path / "runs").exists() and not (tmp_path / "weights").exists()
