@@ -8,6 +8,7 @@ weights through its own load path (a run directory's pretrainer.safetensors).
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -58,6 +59,18 @@ def test_a_run_that_gains_snapshot_every_on_resume_snapshots_its_resume_step(tmp
     assert [s for s, _ in snapshots(run)] == [4, 5, 6]
 
 
+def test_a_resume_keeps_the_snapshot_grid(tmp_path):
+    """Killed inside step 5 (checkpoint at 4) with snapshot_every=5 all along: the resume adds no
+    snapshot of its own step."""
+    recipe, run = tiny_recipe(tmp_path), tmp_path / "run"
+    code, log = finish(launch(recipe, run, "snapshot_every=5", kill_at="update:5"))
+    assert code == -signal.SIGKILL, log
+    assert snapshots(run) == []
+    code, log = finish(launch(recipe, run, "resume=true", "snapshot_every=5"))
+    assert code == 0, log
+    assert [s for s, _ in snapshots(run)] == [5, 6]
+
+
 @pytest.fixture
 def run_with_snapshots(tmp_path):
     """An untrained SimCLR ResNet-18 run on scenes with two snapshots: step 10 (other weights)
@@ -96,17 +109,23 @@ def test_curve_points_match_knn_of_the_same_weights(run_with_snapshots):
     assert json.loads((run / "metrics.json").read_text())["curve"] == c
 
 
-def test_curve_keeps_measured_points_and_refuses_another_protocol(run_with_snapshots, capsys):
+def test_curve_keeps_measured_points_and_refuses_other_settings(run_with_snapshots, capsys):
     run = run_with_snapshots
-    protocol = knn.main([str(run), *FLAGS])["scenes/knn_protocol"]
-    kept = {"step": 10, "images": 80, "knn_top1_k20": -1.0, "knn_top1_k200": -2.0}
-    update_metrics(run, {"curve": {"data": "scenes", "protocol": protocol, "points": {"10": kept}}})
+    (run / "pretrainer.safetensors").unlink()          # a run still training: its snapshots are enough
     c = curve.main([str(run), *FLAGS])
-    assert c["points"]["10"] == kept and "20" in c["points"]      # step 10 not measured again
-    assert "step 10:" not in capsys.readouterr().out
+    kept = {**c["points"]["10"], "knn_top1_k20": -1.0}
     update_metrics(run, {"curve": {**c, "points": {"10": kept}}})
-    with pytest.raises(SystemExit, match="use the same flags"):
-        curve.main([str(run), "--limit-train", "100", "--limit-test", "40"])
+    capsys.readouterr()
+    again = curve.main([str(run), *FLAGS])
+    assert again["points"]["10"] == kept and again["points"]["20"] == c["points"]["20"]   # only 20 measured
+    out = capsys.readouterr().out
+    assert "step 20:" in out and "step 10:" not in out
+    for other in (["--limit-train", "100", "--limit-test", "40"], [*FLAGS, "--bf16"], [*FLAGS, "--data", "fashion_mnist"]):
+        with pytest.raises(SystemExit, match="use the same flags"):      # before measuring anything
+            curve.main([str(run), *other])
+    with pytest.raises(SystemExit):
+        curve.main([str(run), *FLAGS, "--k", "20"])     # the curve is k=20 and k=200
+    assert "--k must include both" in capsys.readouterr().err
 
 
 def test_curve_needs_snapshots(tmp_path):

@@ -486,7 +486,8 @@ def test_a_dry_run_of_the_batch_only_checks_the_readme(tmp_path, monkeypatch, ca
     import train.readme_table as readme_table
     import train.release as release
     plan = tmp_path / "plan.yaml"
-    plan.write_text("releases:\n  - recipe: recipes/simclr_resnet18.fmnist.yaml\n")
+    plan.write_text("releases:\n  - recipe: recipes/simclr_resnet18.fmnist.yaml\n"
+                    "  - recipe: recipes/adios_resnet18.byol_fmnist.yaml\n")     # keeps snapshots
     monkeypatch.setattr(release, "RUNS", tmp_path / "runs")
     monkeypatch.setenv(weights.TABLE_ENV, str(tmp_path / "released.json"))
     monkeypatch.setenv(weights.WEIGHTS_ENV, str(tmp_path / "weights"))
@@ -495,6 +496,7 @@ def test_a_dry_run_of_the_batch_only_checks_the_readme(tmp_path, monkeypatch, ca
     release.main(["--dry-run", "--plan", str(plan)])
     assert called == [["--check"]]
     out = capsys.readouterr().out
-    assert "train/pretrain.py" in out and "train/curve.py RUN" not in out     # run directories, not RUN
-    assert f"train/curve.py {tmp_path / 'runs'}" in out                        # the curve after the evaluation
+    curves = [line for line in out.splitlines() if "train/curve.py" in line]
+    assert "train/pretrain.py" in out                   # the curve after the evaluation, of the recipe with snapshots
+    assert curves == [f"$ {sys.executable} train/curve.py {tmp_path / 'runs' / 'adios_resnet18.byol_fmnist'}/seed0"]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "weights").exists()

@@ -15,8 +15,8 @@ loop only, so the trained pretrainer returned holds plain timm modules.
 What a run leaves in `run_dir` (zoo/runs.py): `recipe.yaml` (resolved), `log.jsonl`,
 `masks.png` (+ `masks/step_*.png`) for pretrainers with a masker, `state/step_*` resume
 checkpoints, `snapshots/step_*.safetensors` (the fp16 exported backbone every `snapshot_every`
-steps and at the end, for train/curve.py), and at the end `pretrainer.safetensors` and a `pretrain` block in `metrics.json`
-(wall-clock, steps, images, unreadable-image count).
+steps and at the end, for train/curve.py), and at the end `pretrainer.safetensors` and a
+`pretrain` block in `metrics.json` (wall-clock, steps, images, unreadable-image count).
 
 Decisions, and why:
 - Gradient accumulation runs phase-outer: for each phase, all `grad_accum` micro-batches are
@@ -110,8 +110,8 @@ def main(argv=None) -> torch.nn.Module:
     picture = mask_picture_batch(recipe, pretrainer, data, accelerator)
 
     step, elapsed_s, clock_from_step = resume(recipe, accelerator, found, data.last_step)
-    if recipe.snapshot_every and step and not snapshot_path(run_dir, step).exists():
-        snapshot(accelerator, pretrainer, recipe, step)   # a run that gained snapshot_every on resume: its curve from here
+    if gained_snapshots(recipe, found, step):
+        snapshot(accelerator, pretrainer, recipe, step)
     log = TrainingLog(recipe, accelerator, pretrainer.phases, step, data, elapsed_s, clock_from_step)
     try:                                          # the bar is closed before any stop message
         with fast_kernels(pretrainer):            # zoo/kernels.py, taken off again for the export
@@ -405,6 +405,15 @@ class TrainingLog:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def gained_snapshots(recipe: Recipe, found: tuple[int, Path] | None, step: int) -> bool:
+    """A run resumed with snapshot_every from a checkpoint whose recipe had none: its curve starts
+    at the resume step (other resumes keep the snapshot_every grid)."""
+    if not (recipe.snapshot_every and recipe.resume and found and step):
+        return False
+    saved = json.loads((found[1] / "progress.json").read_text()).get("recipe") or {}
+    return not saved.get("snapshot_every") and not snapshot_path(recipe.run_dir, step).exists()
 
 
 def snapshot(accelerator: Accelerator, pretrainer, recipe: Recipe, step: int) -> None:

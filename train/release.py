@@ -187,16 +187,26 @@ def evaluate(item: dict, source: str, run_dir: Path, baselines: bool, dry: bool)
         write_metrics(run_dir, {"commands": commands})
 
 
-def curve(item: dict, run_dir: Path, dry: bool) -> None:
-    """The training curve (train/curve.py: kNN of each backbone snapshot, with the release's kNN
-    flags) of a run that kept snapshots (its recipe's `snapshot_every`); it resumes where it stopped."""
+def curve_missing(item: dict, run_dir: Path) -> bool:
+    """Whether the run kept backbone snapshots (its recipe's `snapshot_every`) that its curve has
+    not measured yet (in a dry run: whether the recipe keeps any)."""
     from zoo.runs import snapshots
-    if not snapshots(run_dir) and not dry:
-        return
+    if not run_dir.exists():
+        return bool(yaml.safe_load((REPO / item["recipe"]).read_text()).get("snapshot_every"))
+    points = (metrics_of(run_dir).get("curve") or {}).get("points") or {}
+    return any(str(step) not in points for step, _ in snapshots(run_dir))
+
+
+def curve(item: dict, run_dir: Path, dry: bool) -> bool:
+    """The training curve (train/curve.py: kNN of each backbone snapshot, with the release's
+    evaluation flags) of a run that kept snapshots; it goes on where it stopped. Whether it ran."""
+    if not curve_missing(item, run_dir):
+        return False
     cmd = ["python", "train/curve.py", "RUN", *item["eval"]]
     run([sys.executable, cmd[1], str(run_dir), *cmd[3:]], dry)
     if not dry:
         write_metrics(run_dir, {"commands": {**metrics_of(run_dir).get("commands", {}), "curve": shlex.join(cmd)}})
+    return True
 
 
 def low_label_suffix(fraction: float) -> str:
@@ -262,13 +272,14 @@ def first_pass(item: dict, dry: bool) -> None:
     run_dir = pretrain(item, seed, dry)
     done = metrics_of(run_dir)
     if f"{data_of(item)}/knn_top1_k20" in done and (REPO / "weights" / item["key"]).exists() and all(
-            low_label_key(item, f) in done for f in item["low_label"]):
+            low_label_key(item, f) in done for f in item["low_label"]) and not curve_missing(item, run_dir):
         return
     publish(item, run_dir, dry)                       # the released fp16 file, which is evaluated
     evaluate(item, item["key"], run_dir, baselines=True, dry=dry)
-    curve(item, run_dir, dry)
     publish(item, run_dir, dry)                       # now with its metrics: a stop in the (long)
-    low_label(item, item["key"], run_dir, dry)        # fine-tunes leaves a whole card to commit
+    if curve(item, run_dir, dry):                     # curve or fine-tunes leaves a whole card to commit
+        publish(item, run_dir, dry)
+    low_label(item, item["key"], run_dir, dry)
     publish(item, run_dir, dry)
 
 

@@ -41,7 +41,7 @@ from torch import nn
 
 from zoo import timm_entries, weights
 from zoo.registry import METHODS
-from zoo.runs import atomic_write, save_tensors
+from zoo.runs import atomic_write, cast_state, save_tensors
 
 DEFAULT_HUB_ORG = "zoo-ssl"      # the intended Hub namespace; nothing has been pushed from here
 
@@ -65,12 +65,6 @@ def _dtype(dtype) -> torch.dtype | None:
     if dtype not in names:
         raise ValueError(f"dtype {dtype!r}: choose one of {sorted(names)}")
     return names[dtype]
-
-
-def cast_state(state: dict, dtype: torch.dtype | None) -> dict:
-    """A state dict on the CPU with its floating tensors in `dtype` (None: as they are)."""
-    return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu()
-            for k, v in state.items()}
 
 
 def _flat(metrics: dict, prefix: str = "") -> dict:

@@ -57,6 +57,12 @@ def save_pretrainer(run_dir: str | os.PathLike, pretrainer, recipe: dict) -> Non
     save_tensors(run_dir / "pretrainer.safetensors", pretrainer.state_dict())
 
 
+def cast_state(state: dict, dtype: torch.dtype | None) -> dict:
+    """A state dict on the CPU with its floating tensors in `dtype` (None: as they are)."""
+    return {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu()
+            for k, v in state.items()}
+
+
 SNAPSHOTS = "snapshots"
 
 
@@ -67,7 +73,6 @@ def snapshot_path(run_dir: str | os.PathLike, step: int) -> Path:
 def save_snapshot(run_dir: str | os.PathLike, step: int, backbone) -> Path:
     """The exported backbone at `step`, cast to float16 as train/release.py publishes it (so the
     last snapshot holds the released file's tensors)."""
-    from zoo.publish import cast_state
     path = snapshot_path(run_dir, step)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_tensors(path, cast_state(backbone.state_dict(), torch.float16), {"step": str(step)})
@@ -80,6 +85,12 @@ def snapshots(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     found = [(int(p.stem.removeprefix("step_")), p) for p in folder.glob("step_*.safetensors")] \
         if folder.is_dir() else []
     return sorted(found)
+
+
+def exported_architecture(recipe: dict):
+    """The exported backbone of a run's recipe, freshly built (untrained)."""
+    return create_pretrainer(recipe["model"], recipe.get("objective"), **(recipe.get("model_args") or {})
+                             ).exported_backbone()
 
 
 def load_pretrainer(run_dir: str | os.PathLike):
