@@ -128,6 +128,16 @@ def test_curve_keeps_measured_points_and_refuses_other_settings(run_with_snapsho
     assert "--k must include both" in capsys.readouterr().err
 
 
+def test_snapshot_listing_ignores_other_files(tmp_path):
+    folder = tmp_path / "snapshots"
+    folder.mkdir()
+    for name in ("step_00000010.safetensors", "step_00000002.safetensors", ".step_00000012.safetensors.tmp",
+                 "step_x.safetensors", "step_00000004.json"):
+        (folder / name).touch()
+    assert snapshots(tmp_path) == [(2, folder / "step_00000002.safetensors"), (10, folder / "step_00000010.safetensors")]
+    assert snapshots(tmp_path / "none") == []
+
+
 def test_curve_needs_snapshots(tmp_path):
     save_pretrainer(tmp_path, zoo.create_pretrainer("simclr_resnet18"),
                     {"model": "simclr_resnet18", "data": "scenes", "image_size": 32, "batch_size": 8})

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -82,9 +83,8 @@ def save_snapshot(run_dir: str | os.PathLike, step: int, backbone) -> Path:
 def snapshots(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """(step, file) of a run's backbone snapshots, oldest first ([] when it kept none)."""
     folder = Path(run_dir) / SNAPSHOTS
-    found = [(int(p.stem.removeprefix("step_")), p) for p in folder.glob("step_*.safetensors")] \
-        if folder.is_dir() else []
-    return sorted(found)
+    named = (re.fullmatch(r"step_(\d{8})\.safetensors", p.name) for p in folder.iterdir()) if folder.is_dir() else ()
+    return sorted((int(m.group(1)), folder / m.group(0)) for m in named if m)   # others (a torn write's .tmp) ignored
 
 
 def exported_architecture(recipe: dict):
