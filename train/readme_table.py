@@ -29,6 +29,7 @@ from zoo.registry import METHODS  # noqa: E402
 README = REPO / "README.md"
 START, END = "<!-- released:start (train/readme_table.py) -->", "<!-- released:end -->"
 COLS = SEED_COLUMNS
+LOW_LABEL_PCTS = ("1", "10")                                    # the low-label protocol's fractions (issue 12)
 METHOD_KEYS = ("model", "objective", "model_args", "phases")   # what a method and its control may differ in
 
 
@@ -93,18 +94,21 @@ def time_ratio(a: dict, b: dict) -> str:
 
 def weights_table(all_cards: dict, weights_dir: Path) -> list[str]:
     lines = ["| weight | method (base) | data | kNN k=20 | kNN k=200 | linear | untrained: kNN k=20 / linear | "
-             "raw pixels: kNN k=20 / linear | 1 % labels: fine-tune / scratch / raw pixels | "
-             "mask score (random, block) | pretraining | size |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "raw pixels: kNN k=20 / linear | "
+             + "".join(f"{p} % labels: fine-tune / scratch / raw pixels | " for p in LOW_LABEL_PCTS)
+             + "mask score (random, block) | pretraining | size |",
+             "|" + " --- |" * (11 + len(LOW_LABEL_PCTS))]
     for key, card in all_cards.items():
         pre = card["pretrainer"]
         method = METHODS[pre["model"]].method + (f" ({pre['objective']})" if pre.get("objective") else "")
         vals = [with_sd(*mean_sd(card, c)[:2]) for c in COLS]
         base = [f"{fmt(metric(card, 'knn_top1_k20', g))} / {fmt(metric(card, 'linear_top1', g))}"
                 for g in ("untrained/", "raw_pixels/")]
-        low = [metric(card, "finetune_top1_1pct"), metric(card, "finetune_top1_1pct", "untrained/"),
-               metric(card, "logreg_top1_1pct", "raw_pixels/")]
-        low_label = " / ".join(map(fmt, low)) if any(v is not None for v in low) else "-"
+        low_label = ""
+        for p in LOW_LABEL_PCTS:
+            low = [metric(card, f"finetune_top1_{p}pct"), metric(card, f"finetune_top1_{p}pct", "untrained/"),
+                   metric(card, f"logreg_top1_{p}pct", "raw_pixels/")]
+            low_label += (" / ".join(map(fmt, low)) if any(v is not None for v in low) else "-") + " | "
         ms = card["metrics"].get("scenes/mask_score")
         mask = "-" if ms is None else (f"{ms:.3f} ({card['metrics'].get('scenes/mask_score_random', 0):.3f}, "
                                        f"{card['metrics'].get('scenes/mask_score_block', 0):.3f})")
@@ -114,7 +118,7 @@ def weights_table(all_cards: dict, weights_dir: Path) -> list[str]:
         misses = below_baselines(card["metrics"], data_of(card))
         below = "<br>**below a trivial baseline:** " + "; ".join(misses) if misses else ""
         lines.append(f"| [`{key}`](weights/{key}/README.md){below} | {method} | {data_of(card)} | "
-                     + " | ".join(vals) + f" | {base[0]} | {base[1]} | {low_label} | {mask} | {cost} | {size:.0f} MB |")
+                     + " | ".join(vals) + f" | {base[0]} | {base[1]} | {low_label}{mask} | {cost} | {size:.0f} MB |")
     return lines
 
 
