@@ -153,3 +153,30 @@ def test_finetune_baselines_cache_reuses_only_what_the_key_covers(run_dir, tmp_p
     assert len(calls) == 5 and fresh["scenes/untrained/finetune_top1_10pct"] == first["scenes/untrained/finetune_top1_10pct"]
     with pytest.raises(SystemExit):                         # the cache keeps --baselines numbers only
         finetune.main([str(run_dir), "--labels", "0.1", "--baselines-cache", str(cache)])
+
+
+def test_image_size_from_the_flag_then_the_source_then_the_recipe_default():
+    from argparse import Namespace
+
+    from train.eval_common import image_size_of
+    assert image_size_of(Namespace(image_size=48), 32) == 48          # the flag wins
+    assert image_size_of(Namespace(image_size=None), 48) == 48        # then the recipe / weight cfg
+    assert image_size_of(Namespace(image_size=None), None) == 32      # then the recipes' default
+
+
+def test_untrained_baseline_of_a_run_is_its_architecture_built_after_the_trained_one(run_dir):
+    """The published "untrained" numbers were measured with this initialisation: keep it."""
+    import torch
+
+    from zoo.evaluation import load_backbone
+    from zoo.runs import exported_architecture, load_pretrainer
+    torch.manual_seed(0)
+    untrained, info = load_backbone(str(run_dir), pretrained=False)
+    torch.manual_seed(0)
+    _, recipe = load_pretrainer(run_dir)
+    expected = exported_architecture(recipe).state_dict()
+    trained = load_backbone(str(run_dir))[0].state_dict()
+    assert info["kind"] == "run" and info["image_size"] == 32
+    assert all(torch.equal(v, expected[k]) for k, v in untrained.state_dict().items())
+    assert any(not torch.equal(v, trained[k]) for k, v in untrained.state_dict().items()
+               if v.is_floating_point())

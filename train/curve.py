@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
     keep_freed_memory()
     t0 = time.time()
     data = ec.data_name(args)
-    args.image_size = args.image_size or recipe.get("image_size") or 32
+    args.image_size = ec.image_size_of(args, recipe.get("image_size"))
     args.weight_norm = None                       # the run's data statistics, as for a run in knn.py
     curve = load_metrics(run_dir).get("curve") or {}
     points = dict(curve.get("points") or {})

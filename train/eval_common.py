@@ -24,6 +24,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import IterableDataset, Subset  # noqa: E402
 
 from train.allocator import keep_freed_memory  # noqa: E402
+from train.recipe import Recipe  # noqa: E402
 from zoo.data import build_dataset, dataset_stats, eval_transform  # noqa: E402
 from zoo.evaluation import extract_features, load_backbone  # noqa: E402
 from zoo.runs import update_metrics  # noqa: E402
@@ -60,13 +61,17 @@ def data_name(args) -> str:
     return args.data or recipe_of(args.source).get("data") or "fashion_mnist"
 
 
+def image_size_of(args, known: int | None = None) -> int:
+    """--image-size, else what the source says (its recipe, its weight's cfg), else the recipes' default."""
+    return int(args.image_size or known or Recipe.image_size)
+
+
 def backbone_and_defaults(args, num_classes: int = 0, pretrained: bool = True):
     """(backbone or None for raw pixels, data name, image size), filling args' defaults."""
     backbone, info = (None, {"data": None, "image_size": None}) if args.source == RAW else \
         load_backbone(args.source, num_classes=num_classes, pretrained=pretrained)
-    image_size = args.image_size or info.get("image_size") or 32
     args.weight_norm = (info["mean"], info["std"]) if info.get("mean") else None
-    return backbone, data_name(args), int(image_size)
+    return backbone, data_name(args), image_size_of(args, info.get("image_size"))
 
 
 def _limit(ds, n):

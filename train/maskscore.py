@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 
 import torch  # noqa: E402
 
+from train.eval_common import image_size_of  # noqa: E402
 from zoo.evaluation import mask_protocol, score_masker  # noqa: E402
 from zoo.runs import load_pretrainer, update_metrics  # noqa: E402
 
@@ -49,7 +50,7 @@ def main(argv=None) -> dict:
         import zoo
         masker, recipe = zoo.create_masker(args.run_dir, pretrained=True).float(), {}
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    image_size = args.image_size or recipe.get("image_size") or 32
+    image_size = image_size_of(args, recipe.get("image_size"))
     # the masker sees images normalised as in its training run (the recipe's values, or scenes')
     own = recipe.get("data") == "scenes" and recipe.get("mean") is not None
     result = score_masker(masker.to(device), image_size=image_size, n=args.n,

@@ -79,13 +79,11 @@ def load_backbone(source: str, num_classes: int = 0, pretrained: bool = True) ->
     """
     info = {"source": source, "data": None, "image_size": None}
     if Path(source).is_dir() and (Path(source) / "recipe.yaml").exists():
-        from zoo.runs import load_pretrainer
+        from zoo.runs import exported_architecture, load_pretrainer
+        # the untrained architecture is built after the trained one, as the published
+        # "untrained" baselines were: the same seed then gives the same initialisation
         pretrainer, recipe = load_pretrainer(source)
-        backbone = pretrainer.exported_backbone()
-        if not pretrained:  # the same pretrainer built afresh: the exported architecture, untrained
-            from zoo.registry import create_pretrainer
-            backbone = create_pretrainer(recipe["model"], recipe.get("objective"),
-                                         **recipe.get("model_args", {})).exported_backbone()
+        backbone = pretrainer.exported_backbone() if pretrained else exported_architecture(recipe)
         if num_classes:
             backbone.reset_classifier(num_classes)
         info.update(kind="run", data=recipe.get("data"), image_size=recipe.get("image_size"))

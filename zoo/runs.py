@@ -87,17 +87,21 @@ def snapshots(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted((int(m.group(1)), folder / m.group(0)) for m in named if m)   # others (a torn write's .tmp) ignored
 
 
+def build_pretrainer(recipe: dict):
+    """The pretrainer a run's recipe describes, freshly built (untrained)."""
+    return create_pretrainer(recipe["model"], recipe.get("objective"), **(recipe.get("model_args") or {}))
+
+
 def exported_architecture(recipe: dict):
     """The exported backbone of a run's recipe, freshly built (untrained)."""
-    return create_pretrainer(recipe["model"], recipe.get("objective"), **(recipe.get("model_args") or {})
-                             ).exported_backbone()
+    return build_pretrainer(recipe).exported_backbone()
 
 
 def load_pretrainer(run_dir: str | os.PathLike):
     """(pretrainer with its trained state, recipe dict) of a finished run directory."""
     run_dir = Path(run_dir)
     recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
-    pretrainer = create_pretrainer(recipe["model"], recipe.get("objective"), **recipe.get("model_args", {}))
+    pretrainer = build_pretrainer(recipe)
     pretrainer.load_state_dict(load_file(str(run_dir / "pretrainer.safetensors")))
     return pretrainer, recipe
 
