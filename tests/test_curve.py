@@ -168,3 +168,42 @@ def test_card_shows_the_curve_and_its_baselines_only_under_the_same_protocol():
     assert "curve" not in json.dumps([r.metric_name for r in card.data.eval_results])
     plain = fake_card(metrics={k: v for k, v in metrics.items() if k != "curve"})
     assert "Training curve" not in plain and "how far it got" not in plain
+
+
+@pytest.mark.parametrize("identical", [True, False])
+def test_card_says_a_rerun_curve_is_a_rerun_and_whether_its_last_row_is_this_file(identical):
+    """A release that kept no snapshots gets its curve from train/curve_rerun.py: the card must not
+    claim the last row is the released file unless the re-run's last snapshot is bit-identical."""
+    points = {"10": {"step": 10, "epoch": 1.0, "images": 80, "knn_top1_k20": 70.25, "knn_top1_k200": 66.0}}
+    rerun = {"identical": identical, "max_abs_diff": 0.0 if identical else 0.000977}
+    text = " ".join(fake_card(metrics={"d/knn_top1_k20": 71.0, "curve": {
+        "data": "d", "protocol": "weighted", "points": points, "rerun": rerun}},
+        commands={"curve": "python train/curve_rerun.py n.t"}).split())
+    assert "from a re-run of its recipe and seed" in text
+    assert ("whose last snapshot is bit-identical to this file: the last row is this file" in text) == identical
+    assert ("whose last snapshot is not this file: largest difference 0.000977, so the last row need not "
+            "repeat the Results" in text) == (not identical)
+    assert "Re-measure (trains the recipe again with a snapshot every epoch, then measures them): " \
+           "python train/curve_rerun.py n.t" in text
+    plain = " ".join(fake_card(metrics={"curve": {"data": "d", "protocol": "weighted", "points": points}}).split())
+    assert "re-run" not in plain and "(fp16, like this file; the last row is this file)" in plain
+
+
+def test_rerun_compares_its_last_snapshot_with_the_released_file_tensor_by_tensor(tmp_path):
+    from safetensors.torch import save_file
+
+    from train.curve_rerun import same_tensors
+    a = {"w": torch.randn(4, 3).half(), "b": torch.zeros(3, dtype=torch.float16)}
+    save_file(a, str(tmp_path / "a.safetensors"))
+    save_file({k: v.clone() for k, v in a.items()}, str(tmp_path / "same.safetensors"))
+    assert same_tensors(tmp_path / "a.safetensors", tmp_path / "same.safetensors") == \
+        {"identical": True, "max_abs_diff": 0.0}
+    moved = {**a, "w": a["w"].clone()}
+    moved["w"][2, 1] += 0.5                                    # one element, 0.5 away (fp16-exact near 0-2)
+    save_file(moved, str(tmp_path / "moved.safetensors"))
+    out = same_tensors(tmp_path / "a.safetensors", tmp_path / "moved.safetensors")
+    assert out["identical"] is False
+    assert out["max_abs_diff"] == float((moved["w"].float() - a["w"].float()).abs().max()) > 0.4
+    save_file({"w": a["w"]}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(SystemExit, match="hold different tensors.*'b'.*not the same architecture"):
+        same_tensors(tmp_path / "a.safetensors", tmp_path / "other.safetensors")

@@ -200,7 +200,8 @@ def curve_summary(metrics: dict, command: str | None = None) -> dict | None:
     """The card's training-curve table (train/curve.py's `curve` block): kNN of the run's backbone
     snapshots by step, with raw pixels and the untrained architecture beside it when the card's own
     kNN was measured under the same protocol. {"rows": [(step, epoch, images, k20, k200)],
-    "protocol", "raw": (k20, k200) | None, "untrained": (..) | None, "command"}; None without a curve."""
+    "protocol", "raw": (k20, k200) | None, "untrained": (..) | None, "command", "rerun": train/curve_rerun.py's
+    comparison of a re-run's last snapshot with the file | None}; None without a curve."""
     curve = metrics.get("curve") or {}
     if not curve.get("points"):
         return None
@@ -212,7 +213,7 @@ def curve_summary(metrics: dict, command: str | None = None) -> dict | None:
         same = metrics.get(f"{data}/{group}/knn_protocol") == curve["protocol"]
         values = [metrics.get(f"{data}/{group}/{leaf}") for leaf in ("knn_top1_k20", "knn_top1_k200")]
         return tuple(values) if same and None not in values else None
-    return {"rows": rows, "protocol": curve["protocol"], "data": data,
+    return {"rows": rows, "protocol": curve["protocol"], "data": data, "rerun": curve.get("rerun"),
             "raw": beside("raw_pixels"), "untrained": beside("untrained"), "command": command}
 
 
