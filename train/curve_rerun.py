@@ -10,8 +10,9 @@ with a backbone snapshot every epoch, measures each snapshot with train/curve.py
 release's evaluation flags, and compares the last snapshot with the released model.safetensors
 tensor by tensor. The card (re-rendered from its folder, weights bit-exact: zoo.publish.republish)
 then shows the curve and says which it is: the released weight's own training, when the re-run's
-last snapshot is bit-identical to the file (training is deterministic for a seed, host and
-precision), or a re-run's whose last point differs from the file (by how much).
+last snapshot is bit-identical to the file (a seed fixes the initialisation, data order and views,
+so on the same kind of host and precision it can be), or a re-run's whose last point differs from
+the file (by how much).
 
 Re-entrant like train/release.py: the training resumes from its checkpoints, the curve goes on
 where it stopped, and a finished curve is only added to the card.
