@@ -93,11 +93,11 @@ def time_ratio(a: dict, b: dict) -> str:
 
 
 def weights_table(all_cards: dict, weights_dir: Path) -> list[str]:
-    lines = ["| weight | method (base) | data | kNN k=20 | kNN k=200 | linear | untrained: kNN k=20 / linear | "
-             "raw pixels: kNN k=20 / linear | "
-             + "".join(f"{p} % labels: fine-tune / scratch / raw pixels | " for p in LOW_LABEL_PCTS)
-             + "mask score (random, block) | pretraining | size |",
-             "|" + " --- |" * (11 + len(LOW_LABEL_PCTS))]
+    header = ("| weight | method (base) | data | kNN k=20 | kNN k=200 | linear | untrained: kNN k=20 / linear | "
+              "raw pixels: kNN k=20 / linear | "
+              + "".join(f"{p} % labels: fine-tune / scratch / raw pixels | " for p in LOW_LABEL_PCTS)
+              + "mask score (random, block) | pretraining | size |")
+    lines = [header, "|" + " --- |" * (header.count("|") - 1)]
     for key, card in all_cards.items():
         pre = card["pretrainer"]
         method = METHODS[pre["model"]].method + (f" ({pre['objective']})" if pre.get("objective") else "")
