@@ -207,3 +207,51 @@ def test_rerun_compares_its_last_snapshot_with_the_released_file_tensor_by_tenso
     save_file({"w": a["w"]}, str(tmp_path / "other.safetensors"))
     with pytest.raises(SystemExit, match="hold different tensors.*'b'.*not the same architecture"):
         same_tensors(tmp_path / "a.safetensors", tmp_path / "other.safetensors")
+
+
+def test_curve_rerun_snapshots_every_epoch_and_hands_the_comparison_to_the_card(tmp_path, monkeypatch, capsys):
+    """train/curve_rerun.py's plumbing, with training, curve and republish stubbed: a snapshot every
+    steps/epochs of the card's pretrain block, the last snapshot compared with the released file,
+    the curve and its command handed to the card; unknown names and unreleased recipes refused."""
+    from safetensors.torch import save_file
+
+    from train import curve_rerun, release
+    from zoo import weights
+    item = {"key": "n.t", "recipe": "recipes/n.t.yaml", "seeds": [3], "eval": ["--bf16"]}
+    entry = {"metrics": {"pretrain": {"steps": 1872, "epochs": 8.0}}}
+    released_file = {"w": torch.ones(2, dtype=torch.float16)}
+    (tmp_path / "weights" / "n.t").mkdir(parents=True)
+    save_file(released_file, str(tmp_path / "weights" / "n.t" / "model.safetensors"))
+    calls = {}
+
+    def pretrain(it, seed, dry, run_dir=None, overrides=()):
+        calls["pretrain"] = (seed, run_dir, overrides)
+        save_snapshot(run_dir, 1872, torch.nn.Linear(2, 1, bias=False))   # not the released tensors
+        return run_dir
+
+    def curve_of(it, run_dir, dry):
+        update_metrics(run_dir, {"curve": {"data": "d", "protocol": "p", "points": {"1872": {"step": 1872}}}})
+        return True
+
+    monkeypatch.setattr(release, "load_plan", lambda: [dict(item)])
+    monkeypatch.setattr(release, "released", lambda it: entry)
+    monkeypatch.setattr(release, "pretrain", pretrain)
+    monkeypatch.setattr(release, "curve", curve_of)
+    monkeypatch.setattr(release, "republish", lambda it, metrics, dry: calls.setdefault("republish", metrics))
+    monkeypatch.setattr(weights, "weights_root", lambda: tmp_path / "weights")
+    monkeypatch.setattr(curve_rerun, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(curve_rerun, "same_tensors", lambda a, b: calls.setdefault("compared", (a, b)) and
+                        {"identical": False, "max_abs_diff": 0.5})
+    curve_rerun.main(["n.t"])
+    run_dir = tmp_path / "runs" / "n.t" / "seed3"
+    assert calls["pretrain"] == (3, run_dir, ("snapshot_every=234",))
+    assert calls["compared"] == (snapshots(run_dir)[-1][1], tmp_path / "weights" / "n.t" / "model.safetensors")
+    sent = calls["republish"]
+    assert sent["commands"] == {"curve": "python train/curve_rerun.py n.t"}
+    assert sent["curve"]["rerun"] == {"identical": False, "max_abs_diff": 0.5} and sent["curve"]["points"]
+    assert "not the released file (max |diff| 0.5)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"n\.s is not in .*Did you mean n\.t\?"):
+        curve_rerun.main(["n.s"])
+    monkeypatch.setattr(release, "released", lambda it: None)
+    with pytest.raises(SystemExit, match="holds no release of the plan's recipe.*python train/release.py n.t"):
+        curve_rerun.main(["n.t"])
